@@ -1,0 +1,70 @@
+"""Reading and checking JSONL data in the upstream format.
+
+One JSON object a line: {"messages": [system?, user, assistant]}. Every problem is a UserError
+naming the file and line; blank lines are allowed and skipped (they hold no example).
+"""
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError, located
+
+ROLE_ORDERS = (("system", "user", "assistant"), ("user", "assistant"))
+
+
+@dataclass
+class Example:
+    messages: list[dict]
+    source: str  # "file:line", for messages about this example
+
+    @property
+    def assistant(self) -> str:
+        return self.messages[-1]["content"]
+
+
+def parse_line(text: str, path: Path, line: int) -> Example:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise located(path, line, f"malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
+        raise located(path, line, 'expected an object with a "messages" list')
+    messages = obj["messages"]
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise located(path, line, f'message {k} needs string "role" and "content"')
+    roles = tuple(m["role"] for m in messages)
+    if roles not in ROLE_ORDERS:
+        raise located(path, line, f"roles {list(roles)}: expected [system, user, assistant] or [user, assistant]")
+    if not messages[-1]["content"].strip():
+        raise located(path, line, "empty assistant message")
+    if not messages[-2]["content"].strip():
+        raise located(path, line, "empty user message")
+    return Example(messages=[{"role": m["role"], "content": m["content"]} for m in messages], source=f"{path}:{line}")
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    examples = []
+    with path.open(encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            if text.strip():
+                examples.append(parse_line(text, path, line))
+    if not examples:
+        raise UserError(f"{path}: no examples")
+    return examples
+
+
+def split_examples(examples: list[Example], eval_split: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Hold out a fraction for evaluation with a seeded shuffle (upstream's --eval_split/--split_seed)."""
+    if eval_split <= 0:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(examples) * eval_split)))
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]

@@ -1,0 +1,86 @@
+"""Loading the model and tokenizer: the embedded default, or any local Hugging Face checkpoint."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from .errors import UserError
+
+PREDICTOR_TOKENS = [f"<|predictor_{k}|>" for k in range(1, 11)]
+# Tokens upstream adds when missing (Llama-3 chat markers, predictors, perception).
+EXTRA_TOKENS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", *PREDICTOR_TOKENS, "<|perception|>"]
+
+
+@dataclass
+class ModelSpec:
+    model_name: str
+    pretrain: bool = False  # random weights from the checkpoint's config
+    lora: bool = False
+    lora_rank: int = 16
+    dtype: str = "float32"
+    seed: int = 42
+    attn_implementation: str = "sdpa"
+
+
+def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
+    from .default_model import DEFAULT_MODEL_NAME, build_default_tokenizer
+
+    if model_name == DEFAULT_MODEL_NAME:
+        tokenizer = build_default_tokenizer()
+    else:
+        if not os.path.isdir(model_name) and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise UserError(f"--model_name {model_name}: no such local directory (and HF_HUB_OFFLINE=1)")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_name)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--model_name {model_name}: cannot load a tokenizer ({str(e).splitlines()[0]})") from e
+    missing = [t for t in EXTRA_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # upstream: pad = eos when there is none
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UserError(f"--model_name {model_name}: the tokenizer has no chat template")
+    return tokenizer
+
+
+def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+    from .default_model import DEFAULT_MODEL_NAME, build_default_model
+
+    dtype = getattr(torch, spec.dtype)
+    if spec.model_name == DEFAULT_MODEL_NAME:
+        model = build_default_model(tokenizer, seed=spec.seed).to(dtype)
+    else:
+        try:
+            if spec.pretrain:
+                config = AutoConfig.from_pretrained(spec.model_name)
+                torch.manual_seed(spec.seed)
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(spec.model_name, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--model_name {spec.model_name}: cannot load ({str(e).splitlines()[0]})") from e
+    model.set_attn_implementation(spec.attn_implementation)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if spec.lora:
+        model = add_lora(model, spec.lora_rank)
+    return model
+
+
+def add_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+    """Upstream's LoRA: r, alpha 2r, dropout 0.1 on the attention and MLP projections."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.1,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

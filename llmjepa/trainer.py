@@ -1,0 +1,226 @@
+"""JepaTrainer: a transformers.Trainer whose loss is gamma * LM + lbd * JEPA over view plans.
+
+Normalization (the reason --lbd 0 equals --regular here): the LM loss of an optimizer step is
+the sum of token losses over every microbatch and rank divided by the number of predicted
+tokens in that step; the JEPA loss is the mean over every pair in that step. Both totals are
+counted before the step's first forward (`get_batch_samples`), so each microbatch's loss is
+already its share of the step's loss: the Trainer must not divide by grad_accum again
+(`loss_is_scaled_for_ga = True`), and under DDP, which averages gradients over ranks, each
+rank's share is multiplied by the world size.
+"""
+
+import json
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback
+
+from .execute import Executed, Executor
+from .losses import jepa_pair_losses
+from .plan import ViewPlan
+
+
+@dataclass
+class LossConfig:
+    regular: bool = False  # LM loss only, no views built
+    lbd: float = 0.1
+    gamma: float = 1.0
+    jepa_kind: str = "cosine"  # cosine | l2 | mse | infonce
+    jepa_ratio: float = -1.0  # > 0: each microbatch runs its views with this probability
+    seed: int = 42
+    debug: int = 0  # print details of the first `debug` microbatches
+
+
+@dataclass
+class StepStats:
+    """Sums over the microbatches of one optimizer step (this rank)."""
+
+    ce_sum: float = 0.0
+    jepa_sum: float = 0.0
+    cos_sum: float = 0.0
+    label_tokens: int = 0
+    pairs: int = 0
+    tokens: int = 0
+    rows: int = 0
+    microbatches: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, plan: ViewPlan, ce_sum: float, jepa_sum: float, cos_sum: float) -> None:
+        self.ce_sum += ce_sum
+        self.jepa_sum += jepa_sum
+        self.cos_sum += cos_sum
+        self.label_tokens += plan.label_tokens
+        self.pairs += plan.n_pairs
+        self.tokens += plan.n_tokens
+        self.rows += len(plan.rows)
+        self.microbatches += 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over ranks (identity on one process)."""
+    if world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def peak_memory_mib() -> float:
+    """CUDA max allocated where CUDA runs, else the process's max resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+
+
+class JepaTrainer(Trainer):
+    """Trainer over `{"plan": ViewPlan}` batches (see collate.ViewCollator).
+
+    `executor(model, plan)` runs the plan: `execute.run_reference` (dense masks, upstream
+    semantics) or the packed fast path; both return `Executed`.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, executor: Executor, loss_config: LossConfig, metrics_path: Path | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.executor = executor
+        self.loss_config = loss_config
+        self.step_totals = (1, 1)  # (label tokens, pairs) of the optimizer step in progress, all ranks
+        self.stats = StepStats()
+        self.history: list[dict] = []
+        self.microbatches_seen = 0
+        self.add_callback(StepRecorder(self, metrics_path))
+
+    # ---- normalization -------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        tokens = sum(b["plan"].label_tokens for b in batches)
+        pairs = sum(b["plan"].n_pairs for b in batches)
+        tokens, pairs = all_reduce_sums([float(tokens), float(pairs)], device)
+        self.step_totals = (int(tokens), int(pairs))
+        self.stats = StepStats()  # the step's clock starts before its data is collated
+        return batches, torch.tensor(tokens, device=device)
+
+    def plan_losses(self, model: torch.nn.Module, plan: ViewPlan, label_tokens: int, pairs: int) -> tuple:
+        """(loss, ce_sum, jepa_sum, cos_sum) of one plan, normalized by the given step totals."""
+        cfg = self.loss_config
+        out: Executed = self.executor(model, plan)
+        lm = out.ce_sum / max(label_tokens, 1)
+        if plan.n_pairs == 0:
+            zero = out.ce_sum.new_zeros(())
+            return cfg.gamma * lm if not cfg.regular else lm, out.ce_sum, zero, zero
+        pred, target = out.hidden[out.pred_index], out.hidden[out.target_index]
+        terms, cos = jepa_pair_losses(pred, target, cfg.jepa_kind)
+        jepa_sum = terms.sum()
+        loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
+        return loss, out.ce_sum, jepa_sum, cos.sum()
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        plan: ViewPlan = inputs["plan"]
+        if not model.training:  # evaluation: this microbatch alone
+            loss, *_ = self.plan_losses(model, plan, plan.label_tokens, plan.n_pairs)
+            return (loss, None) if return_outputs else loss
+        label_tokens, pairs = self.step_totals
+        loss, ce_sum, jepa_sum, cos_sum = self.plan_losses(model, plan, label_tokens, pairs)
+        self.stats.add(plan, ce_sum.item(), jepa_sum.item(), cos_sum.item())
+        self.maybe_print_debug(plan, ce_sum, loss)
+        # DDP averages gradients over ranks; our loss is this rank's share of the global sum.
+        loss = loss * world_size()
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model: torch.nn.Module, inputs: dict, prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple:
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        """6 * parameters * tokens run, the usual estimate for forward + backward (--track_flop)."""
+        return 6 * self.model.num_parameters() * inputs["plan"].n_tokens
+
+    # ---- per-step record -----------------------------------------------------------------
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.finish_step(grad_norm)
+        return grad_norm
+
+    def finish_step(self, grad_norm: Any) -> None:
+        """Reduce this step's sums over ranks and append its record (called before optimizer.step)."""
+        s = self.stats
+        ce, jepa, cos, tokens, rows = all_reduce_sums(
+            [s.ce_sum, s.jepa_sum, s.cos_sum, float(s.tokens), float(s.rows)], self.args.device
+        )
+        label_tokens, pairs = self.step_totals
+        cfg = self.loss_config
+        lm_loss = ce / max(label_tokens, 1)
+        jepa_loss = jepa / pairs if pairs else 0.0
+        loss = lm_loss if cfg.regular else cfg.gamma * lm_loss + cfg.lbd * jepa_loss
+        seconds = time.perf_counter() - s.started
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        self.history.append({
+            "step": self.state.global_step + 1,
+            "loss": loss,
+            "lm_loss": lm_loss,
+            "jepa_loss": jepa_loss,
+            "mean_cos": cos / pairs if pairs else None,
+            "label_tokens": label_tokens,
+            "pairs": pairs,
+            "tokens": int(tokens),
+            "rows": int(rows),
+            "microbatches": s.microbatches,
+            "grad_norm": grad_norm,
+            "lr": self._get_learning_rate(),
+            "step_seconds": seconds,
+            "tokens_per_second": tokens / seconds if seconds > 0 else math.inf,
+            "peak_memory_mib": peak_memory_mib(),
+        })
+
+    def maybe_print_debug(self, plan: ViewPlan, ce_sum: torch.Tensor, loss: torch.Tensor) -> None:
+        if self.microbatches_seen >= self.loss_config.debug or not self.is_world_process_zero():
+            self.microbatches_seen += 1
+            return
+        from .debug import print_microbatch  # only needed with --debug
+
+        print_microbatch(self.microbatches_seen, plan, ce_sum, loss, self.processing_class)
+        self.microbatches_seen += 1
+
+
+def jepa_ratio_keeps_views(example_ids: list[int], ratio: float, seed: int) -> bool:
+    """Whether a microbatch runs its views under --jepa_ratio (deterministic per batch content,
+    so resumed runs, reference and fast paths all draw the same)."""
+    if ratio <= 0:
+        return True
+    return random.Random(f"{seed}:{','.join(map(str, example_ids))}").random() < ratio
+
+
+class StepRecorder(TrainerCallback):
+    """Writes one JSON line per optimizer step to output_dir/metrics.jsonl (rank 0)."""
+
+    def __init__(self, trainer: JepaTrainer, path: Path | None) -> None:
+        self.trainer = trainer
+        self.path = path
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.path is None or not self.trainer.is_world_process_zero() or not self.trainer.history:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(self.trainer.history[-1]) + "\n")

@@ -1,0 +1,34 @@
+"""llmjepa: a drop-in, fast trainer for LLM-JEPA fine-tuning."""
+
+from setuptools import setup
+
+setup(
+    name="llmjepa",
+    version="0.1.0",
+    description="Drop-in, fast LLM-JEPA fine-tuning: packed views, Triton kernels, lbd=0 == SFT parity.",
+    python_requires=">=3.10",
+    # The Triton kernels live in the folder kernels/ but install as `llmjepa_kernels`: PyPI has a
+    # package named `kernels` that transformers probes for, and we must not shadow it.
+    packages=["llmjepa", "llmjepa_kernels"],
+    package_dir={"llmjepa": "llmjepa", "llmjepa_kernels": "kernels"},
+    package_data={"llmjepa": ["data/*.jsonl", "data/*.json"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "peft>=0.17",
+        "tqdm",
+        "matplotlib",
+        "numpy",
+    ],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "flash": ["flash-attn"],
+        "test": ["pytest", "pytest-benchmark", "ruff"],
+    },
+    entry_points={
+        "console_scripts": [
+            "llmjepa-train=llmjepa.cli:main",
+            "llmjepa-parity=llmjepa.parity:main",
+        ]
+    },
+)
