@@ -35,7 +35,7 @@ class LossConfig:
     jepa_kind: str = "cosine"  # cosine | l2 | mse | infonce
     jepa_ratio: float = -1.0  # > 0: each microbatch runs its views with this probability
     seed: int = 42
-    debug: int = 0  # print details of the first `debug` microbatches
+    debug: int = 0  # print every microbatch of the first `debug` optimizer steps
 
 
 @dataclass
@@ -93,8 +93,9 @@ class JepaTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, executor: Executor, loss_config: LossConfig, metrics_path: Path | None = None,
-                 **kwargs: Any) -> None:
+                 track_flops: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.track_flops = track_flops
         self.executor = executor
         self.loss_config = loss_config
         self.step_totals = (1, 1)  # (label tokens, pairs) of the optimizer step in progress, all ranks
@@ -119,18 +120,17 @@ class JepaTrainer(Trainer):
         return batches, torch.tensor(tokens, device=device)
 
     def plan_losses(self, model: torch.nn.Module, plan: ViewPlan, label_tokens: int, pairs: int) -> tuple:
-        """(loss, ce_sum, jepa_sum, cos_sum) of one plan, normalized by the given step totals."""
+        """(loss, ce_sum, jepa_sum, per-pair cosines or None) of one plan, normalized by the step totals."""
         cfg = self.loss_config
         out: Executed = self.executor(model, plan)
         lm = out.ce_sum / max(label_tokens, 1)
         if plan.n_pairs == 0:
-            zero = out.ce_sum.new_zeros(())
-            return cfg.gamma * lm if not cfg.regular else lm, out.ce_sum, zero, zero
+            return (lm if cfg.regular else cfg.gamma * lm), out.ce_sum, out.ce_sum.new_zeros(()), None
         pred, target = out.hidden[out.pred_index], out.hidden[out.target_index]
         terms, cos = jepa_pair_losses(pred, target, cfg.jepa_kind)
         jepa_sum = terms.sum()
         loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
-        return loss, out.ce_sum, jepa_sum, cos.sum()
+        return loss, out.ce_sum, jepa_sum, cos
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -139,9 +139,10 @@ class JepaTrainer(Trainer):
             loss, *_ = self.plan_losses(model, plan, plan.label_tokens, plan.n_pairs)
             return (loss, None) if return_outputs else loss
         label_tokens, pairs = self.step_totals
-        loss, ce_sum, jepa_sum, cos_sum = self.plan_losses(model, plan, label_tokens, pairs)
+        loss, ce_sum, jepa_sum, cos = self.plan_losses(model, plan, label_tokens, pairs)
+        cos_sum = cos.sum() if cos is not None else ce_sum.new_zeros(())
         self.stats.add(plan, ce_sum.item(), jepa_sum.item(), cos_sum.item())
-        self.maybe_print_debug(plan, ce_sum, loss)
+        self.maybe_print_debug(plan, ce_sum, loss, cos)
         # DDP averages gradients over ranks; our loss is this rank's share of the global sum.
         loss = loss * world_size()
         return (loss, None) if return_outputs else loss
@@ -192,15 +193,16 @@ class JepaTrainer(Trainer):
             "tokens_per_second": tokens / seconds if seconds > 0 else math.inf,
             "peak_memory_mib": peak_memory_mib(),
         })
+        if self.track_flops:
+            self.history[-1]["flops"] = 6 * self.model.num_parameters() * int(tokens)
 
-    def maybe_print_debug(self, plan: ViewPlan, ce_sum: torch.Tensor, loss: torch.Tensor) -> None:
-        if self.microbatches_seen >= self.loss_config.debug or not self.is_world_process_zero():
-            self.microbatches_seen += 1
+    def maybe_print_debug(self, plan: ViewPlan, ce_sum: torch.Tensor, loss: torch.Tensor, cos: Any) -> None:
+        self.microbatches_seen += 1
+        if self.state.global_step >= self.loss_config.debug or not self.is_world_process_zero():
             return
         from .debug import print_microbatch  # only needed with --debug
 
-        print_microbatch(self.microbatches_seen, plan, ce_sum, loss, self.processing_class)
-        self.microbatches_seen += 1
+        print_microbatch(self.microbatches_seen - 1, plan, ce_sum, loss, cos, self.processing_class)
 
 
 def jepa_ratio_keeps_views(example_ids: list[int], ratio: float, seed: int) -> bool:

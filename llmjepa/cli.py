@@ -1,0 +1,144 @@
+"""llmjepa-train: upstream finetune.py's and Step-JEPA train.py's flags, one trainer.
+
+    llmjepa-train --train_file data.jsonl --regular --batch_size 4 --max_train_steps 10
+    llmjepa-train --train_file data.jsonl --lbd 0 --num_prediction_steps 2 --predictors 1
+
+Defaults follow upstream finetune.py except where a line below says why. A user error prints
+one line and exits 2.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+JEPA_ONLY_FLAGS = ("additive_mask", "jepa_l2", "jepa_mse", "infonce", "front_pred", "reverse_pred")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .default_model import DEFAULT_MODEL_NAME
+
+    p = argparse.ArgumentParser(prog="llmjepa-train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data (upstream)")
+    data.add_argument("--train_file", help="JSONL in the messages format (default: the bundled arithmetic sample)")
+    data.add_argument("--eval_file")
+    data.add_argument("--data_file", help="one file split into train and eval by --eval_split")
+    data.add_argument("--eval_split", type=float, default=0.2)
+    data.add_argument("--split_seed", type=int, default=42)
+    data.add_argument("--max_length", type=int, default=512)
+    data.add_argument("--plain", action="store_true", help="no chat template: user <|perception|> assistant <|eot_id|>")
+    data.add_argument("--train_all", action="store_true", help="LM labels on every token, not only the answer")
+    model = p.add_argument_group("model (upstream)")
+    model.add_argument("--model_name", default=DEFAULT_MODEL_NAME,
+                       help=f"a local Hugging Face checkpoint, or {DEFAULT_MODEL_NAME} (embedded, no download)")
+    model.add_argument("--lora", action="store_true")
+    model.add_argument("--lora_rank", type=int, default=16)
+    model.add_argument("--pretrain", action="store_true", help="random init from the checkpoint's config")
+    train = p.add_argument_group("training (upstream)")
+    train.add_argument("--output_dir", default="./llmjepa-out")
+    train.add_argument("--batch_size", type=int, default=4)
+    train.add_argument("--grad_accum", type=int, default=4)
+    train.add_argument("--learning_rate", type=float, default=2e-5)
+    train.add_argument("--num_epochs", type=int, default=3)
+    train.add_argument("--eval_steps", type=int, default=10, help="evaluate every N steps when an eval set exists")
+    train.add_argument("--finetune_seed", "--seed", dest="finetune_seed", type=int, default=42)
+    train.add_argument("--debug", type=int, default=0, help="print every microbatch of the first N optimizer steps")
+    train.add_argument("--track_flop", action="store_true", help="add estimated FLOPs to metrics.jsonl")
+    train.add_argument("--same_flop", action="store_true", help="divide epochs by the views' cost, as upstream")
+    jepa = p.add_argument_group("LLM-JEPA (upstream)")
+    jepa.add_argument("--regular", action="store_true", help="plain SFT: no views")
+    jepa.add_argument("--predictors", type=int, default=0, help="K predictor tokens (per insertion in multi-step mode)")
+    jepa.add_argument("--lbd", type=float, default=None, help="JEPA weight (default 0.1)")
+    jepa.add_argument("--gamma", type=float, default=1.0, help="LM weight")
+    jepa.add_argument("--last_token", type=int, default=-1, help="embedding index relative to the end (-2 for Llama-3)")
+    jepa.add_argument("--additive_mask", action="store_true", help="Text and Code packed in one row")
+    jepa.add_argument("--jepa_l2", action="store_true")
+    jepa.add_argument("--jepa_mse", action="store_true")
+    jepa.add_argument("--infonce", action="store_true")
+    jepa.add_argument("--front_pred", action="store_true")
+    jepa.add_argument("--reverse_pred", action="store_true")
+    jepa.add_argument("--jepa_ratio", type=float, default=-1.0, help="run the views on this fraction of microbatches")
+    steps = p.add_argument_group("multi-step Step-JEPA (train.py fork)")
+    steps.add_argument("--num_prediction_steps", type=int, default=0, help="N step pairs; 0 = view-based LLM-JEPA")
+    steps.add_argument("--no_localized_masks", dest="localized_masks", action="store_false")
+    steps.add_argument("--use_localized_masks", dest="localized_masks", action="store_true", help="(the default)")
+    steps.add_argument("--include_last_step_target", dest="include_last_step_target", action="store_true",
+                       help="(the default) the answer's end is the last target")
+    steps.add_argument("--omit_last_step_target", dest="include_last_step_target", action="store_false")
+    p.set_defaults(localized_masks=True, include_last_step_target=True)
+    ours = p.add_argument_group("llmjepa")
+    ours.add_argument("--step_separator", default="\n\n", help="text that ends a reasoning step")
+    ours.add_argument("--upstream_labels", action="store_true",
+                      help="upstream's effective labels: every token but the pad id (pad = eos)")
+    ours.add_argument("--additive_mask_positions", choices=["continue", "reset"], default="continue",
+                      help="Code's positions under --additive_mask: continue after Text (upstream) or restart at 0")
+    ours.add_argument("--impl", choices=["reference"], default="reference", help="executor of the views")
+    ours.add_argument("--max_train_steps", type=int, default=-1)
+    ours.add_argument("--logging_steps", type=int, default=1)
+    ours.add_argument("--save_steps", type=int, default=0, help="checkpoint every N steps (0: every epoch)")
+    ours.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'latest' in --output_dir")
+    ours.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                      help="weights' dtype; auto = bfloat16 on CUDA (as upstream), float32 on CPU")
+    ours.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                      help="default: on with CUDA (as upstream), off on CPU")
+    ours.add_argument("--dropout", type=float, default=None, help="override the model's attention dropout")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Reject contradictory flags; fill defaults that depend on other flags."""
+    if args.regular:
+        given = [f"--{f}" for f in JEPA_ONLY_FLAGS if getattr(args, f)]
+        given += ["--lbd"] * (args.lbd is not None) + ["--predictors"] * (args.predictors != 0)
+        given += ["--num_prediction_steps"] * (args.num_prediction_steps != 0) + ["--jepa_ratio"] * (args.jepa_ratio > 0)
+        if given:
+            raise UserError(f"--regular trains without views; it contradicts {', '.join(given)}")
+    if args.lbd is None:
+        args.lbd = 0.1
+    if sum([args.jepa_l2, args.jepa_mse, args.infonce]) > 1:
+        raise UserError("choose one of --jepa_l2, --jepa_mse, --infonce")
+    if args.train_all and args.upstream_labels:
+        raise UserError("--train_all and --upstream_labels choose different labels; give one")
+    if args.train_file and args.data_file:
+        raise UserError("give --train_file or --data_file, not both")
+    if args.num_prediction_steps < 0 or not 0 <= args.predictors <= 10:
+        raise UserError("--num_prediction_steps must be >= 0 and --predictors in 0..10")
+    if args.num_prediction_steps > 0:
+        bad = [f"--{f}" for f in ("additive_mask", "front_pred", "reverse_pred") if getattr(args, f)]
+        if bad:
+            raise UserError(f"{', '.join(bad)} apply to view-based LLM-JEPA, not --num_prediction_steps")
+    elif not args.localized_masks or not args.include_last_step_target:
+        raise UserError("--no_localized_masks and --omit_last_step_target need --num_prediction_steps >= 1")
+    for name in ("batch_size", "grad_accum", "max_length", "num_epochs", "logging_steps", "eval_steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be >= 1")
+    if args.jepa_ratio > 1 or args.max_length < 8:
+        raise UserError("--jepa_ratio must be <= 1 and --max_length >= 8")
+    if args.lora_rank < 1:
+        raise UserError("--lora_rank must be >= 1")
+    if not args.step_separator:
+        raise UserError("--step_separator must not be empty")
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return check_args(build_parser().parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        from .run import train
+
+        train(args)
+    except UserError as e:
+        print(f"llmjepa-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,88 @@
+"""The embedded default: a tiny Llama with a Llama-3-style chat tokenizer, no download needed.
+
+`--model_name llmjepa/tiny-llama` selects it. The tokenizer (llmjepa/data/tokenizer.json and
+tokenizer_config.json, made by scripts/make_default_tokenizer.py) is a byte-level BPE trained on
+the bundled arithmetic sample data (scripts/make_sample_data.py). The model has random weights
+drawn from a seed: it exists so that the trainer, its tests and its benchmarks run anywhere,
+offline, in seconds.
+"""
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+DEFAULT_MODEL_NAME = "llmjepa/tiny-llama"
+SAMPLE_FILES = {"train": "arith_train.jsonl", "eval": "arith_eval.jsonl"}
+# Special tokens come first in the vocabulary (scripts/make_default_tokenizer.py), so their ids are fixed.
+BOS_TOKEN_ID = 0  # <|begin_of_text|>
+EOS_TOKEN_ID = 4  # <|eot_id|>
+
+
+def data_path(name: str) -> Path:
+    """A file in llmjepa/data, from the source tree or an installed (unzipped) package alike."""
+    path = Path(str(resources.files("llmjepa").joinpath("data", name)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: llmjepa's package data is missing (was the package built without it?)")
+    return path
+
+
+def sample_data_path(split: str = "train") -> Path:
+    """The bundled arithmetic sample data: "train" (512 examples) or "eval" (64)."""
+    if split not in SAMPLE_FILES:
+        raise ValueError(f"split {split!r}: expected one of {sorted(SAMPLE_FILES)}")
+    return data_path(SAMPLE_FILES[split])
+
+
+def build_default_tokenizer() -> PreTrainedTokenizerFast:
+    """The default fast tokenizer, with its chat template; it has no pad token, like Llama 3."""
+    config = json.loads(data_path("tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("tokenizer_class")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(data_path("tokenizer.json")), **config)
+    tokenizer.name_or_path = DEFAULT_MODEL_NAME
+    return tokenizer
+
+
+def default_model_config(
+    vocab_size: int, bos_token_id: int = BOS_TOKEN_ID, eos_token_id: int = EOS_TOKEN_ID
+) -> LlamaConfig:
+    """A Llama small enough to train on a CPU: 2 layers of width 64, grouped-query attention."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention, as in Llama 3, so that path is exercised
+        head_dim=16,
+        max_position_embeddings=2048,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+    )
+
+
+@contextmanager
+def float32_default() -> Iterator[None]:
+    """Initialize in float32 even if the caller changed torch's default dtype."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_default_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+    """Random float32 weights that depend only on `seed`; the global RNG state is left as it was."""
+    config = default_model_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    with torch.random.fork_rng(devices=[]), float32_default():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model

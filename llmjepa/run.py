@@ -1,0 +1,198 @@
+"""Assembling a training run from parsed flags: data, model, views, trainer, outputs."""
+
+import argparse
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from .collate import ViewCollator
+from .data import load_examples, split_examples
+from .errors import UserError
+from .execute import run_reference
+from .model import ModelSpec, load_model, load_tokenizer
+from .plots import plot_curves
+from .trainer import JepaTrainer, LossConfig
+from .views import Encoded, ViewConfig, encode_all
+
+
+def view_config(args: argparse.Namespace) -> ViewConfig:
+    labels = "all" if args.train_all else "upstream" if args.upstream_labels else "assistant"
+    return ViewConfig(
+        regular=args.regular, predictors=args.predictors, last_token=args.last_token,
+        num_prediction_steps=args.num_prediction_steps, localized_masks=args.localized_masks,
+        include_last_step_target=args.include_last_step_target, step_separator=args.step_separator,
+        additive_mask=args.additive_mask, additive_positions=args.additive_mask_positions,
+        front_pred=args.front_pred, reverse_pred=args.reverse_pred, plain=args.plain,
+        merge_system="gemma" in args.model_name.lower(), labels=labels, max_length=args.max_length,
+    )
+
+
+def loss_config(args: argparse.Namespace) -> LossConfig:
+    kind = "l2" if args.jepa_l2 else "mse" if args.jepa_mse else "infonce" if args.infonce else "cosine"
+    return LossConfig(regular=args.regular, lbd=args.lbd, gamma=args.gamma, jepa_kind=kind,
+                      jepa_ratio=args.jepa_ratio, seed=args.finetune_seed, debug=args.debug)
+
+
+def same_flop_epochs(args: argparse.Namespace) -> int:
+    """Upstream --same_flop: epochs divided by the cost of the views (3 rows, 2 packed, 1 + r)."""
+    if args.jepa_ratio > 0:
+        factor = 1 + args.jepa_ratio
+    elif args.additive_mask:
+        factor = 2
+    elif not args.regular:
+        factor = 3
+    else:
+        factor = 1
+    epochs = math.ceil(args.num_epochs / factor)
+    print(f">>>>> --same_flop is active: {args.num_epochs} epochs -> {epochs}")
+    return epochs
+
+
+def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
+    from .default_model import sample_data_path
+
+    if args.data_file:
+        train, held = split_examples(load_examples(args.data_file), args.eval_split, args.split_seed)
+        source = args.data_file
+    else:
+        source = args.train_file or str(sample_data_path("train"))
+        train, held = load_examples(source), []
+    if args.eval_file:
+        held = load_examples(args.eval_file)
+    return train, held, source
+
+
+def encode_split(examples: list, tokenizer, cfg: ViewConfig, source: str) -> list[Encoded]:
+    encoded, report = encode_all(examples, tokenizer, cfg)
+    for line in report.lines(source, cfg.max_length, cfg.num_prediction_steps):
+        print(f"llmjepa-train: warning: {line}")
+    return encoded
+
+
+def resolve_device_defaults(args: argparse.Namespace) -> tuple[str, bool]:
+    cuda = torch.cuda.is_available()
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if cuda else "float32")
+    checkpointing = args.gradient_checkpointing if args.gradient_checkpointing is not None else cuda
+    return dtype, checkpointing
+
+
+def training_arguments(args: argparse.Namespace, n_train: int, has_eval: bool, checkpointing: bool) -> TrainingArguments:
+    epochs = same_flop_epochs(args) if args.same_flop else args.num_epochs
+    steps_per_epoch = max(1, n_train // (args.batch_size * args.grad_accum))
+    return TrainingArguments(
+        output_dir=args.output_dir,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.learning_rate,
+        num_train_epochs=epochs,
+        max_steps=args.max_train_steps if args.max_train_steps > 0 else -1,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=args.finetune_seed,
+        data_seed=args.finetune_seed,
+        dataloader_drop_last=True,
+        remove_unused_columns=False,
+        report_to="none",
+        logging_steps=args.logging_steps,
+        save_strategy="steps",
+        save_steps=args.save_steps if args.save_steps > 0 else steps_per_epoch,
+        save_total_limit=max(1, 4 * args.num_epochs),
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=args.eval_steps if has_eval else None,
+        prediction_loss_only=True,
+        gradient_checkpointing=checkpointing,
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,  # the weights carry the dtype (--dtype), as upstream's bf16 weights do
+    )
+
+
+def resume_point(args: argparse.Namespace) -> str | None:
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not found:
+            raise UserError(f"--resume_from_checkpoint latest: no checkpoint-* in {args.output_dir}")
+        return str(found[-1])
+    if not Path(args.resume_from_checkpoint, "trainer_state.json").is_file():
+        raise UserError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: not a checkpoint directory")
+    return args.resume_from_checkpoint
+
+
+def prepare_metrics_file(path: Path, resume_from: str | None) -> None:
+    """Fresh run: start the file anew. Resumed run: keep the steps the checkpoint had done."""
+    if not path.exists():
+        return
+    if resume_from is None:
+        path.unlink()
+        return
+    done = json.loads(Path(resume_from, "trainer_state.json").read_text())["global_step"]
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= done]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+@dataclass
+class Run:
+    trainer: JepaTrainer
+    metrics_path: Path
+
+
+def build_run(args: argparse.Namespace) -> Run:
+    dtype, checkpointing = resolve_device_defaults(args)
+    tokenizer = load_tokenizer(args.model_name)
+    cfg = view_config(args)
+    train_examples, eval_examples, source = load_data(args)
+    train_set = encode_split(train_examples, tokenizer, cfg, source)
+    eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source) if eval_examples else None
+    if len(train_set) < args.batch_size:
+        raise UserError(f"{source}: {len(train_set)} examples, fewer than one batch of {args.batch_size}")
+    spec = ModelSpec(args.model_name, pretrain=args.pretrain, lora=args.lora, lora_rank=args.lora_rank,
+                     dtype=dtype, seed=args.finetune_seed)
+    model = load_model(spec, tokenizer)
+    if args.dropout is not None:
+        model.config.attention_dropout = args.dropout
+    predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
+    metrics_path = Path(args.output_dir) / "metrics.jsonl"
+    trainer = JepaTrainer(
+        model=model,
+        args=training_arguments(args, len(train_set), eval_set is not None, checkpointing),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=ViewCollator(cfg, predictor_ids, args.jepa_ratio, args.finetune_seed),
+        processing_class=tokenizer,
+        executor=partial(run_reference, pad_token_id=tokenizer.pad_token_id),
+        loss_config=loss_config(args),
+        metrics_path=metrics_path,
+        track_flops=args.track_flop,
+    )
+    return Run(trainer, metrics_path)
+
+
+def train(args: argparse.Namespace) -> JepaTrainer:
+    run = build_run(args)
+    resume_from = resume_point(args)
+    if run.trainer.is_world_process_zero():
+        prepare_metrics_file(run.metrics_path, resume_from)
+    run.trainer.train(resume_from_checkpoint=resume_from)
+    if run.trainer.is_world_process_zero():
+        finish(args, run)
+    return run.trainer
+
+
+def finish(args: argparse.Namespace, run: Run) -> None:
+    run.trainer.save_model(args.output_dir)
+    records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()] if run.metrics_path.exists() else []
+    plot = Path(args.output_dir) / "loss_curve.png"
+    keys = ("loss", "lm_loss") if args.regular else ("loss", "lm_loss", "jepa_loss")
+    plot_curves(plot, {os.path.basename(os.path.normpath(args.output_dir)): records}, keys, "llmjepa-train")
+    print(f"llmjepa-train: {len(records)} steps; metrics {run.metrics_path}, plot {plot}, model {args.output_dir}")

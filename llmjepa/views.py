@@ -1,0 +1,281 @@
+"""From examples to view plans: tokenization once per example, then a ViewPlan per microbatch.
+
+Modes (see docs/views.md for the pictures):
+- regular: view 1 only.
+- view-based LLM-JEPA (upstream finetune.py): view 1; "Text" = the user message alone through
+  the chat template with K predictors appended (<|predictor_K|>..<|predictor_1|>, or prepended
+  1..K with --front_pred); "Code" = the assistant message alone. Pair: Text at len+last_token,
+  Code at len+last_token. --reverse_pred swaps the two messages; --additive_mask packs Text and
+  Code into one row, block-diagonal causal.
+- multi-step Step-JEPA (--num_prediction_steps N >= 1): boundaries b_0 < .. < b_P inside the
+  assistant turn; the predictor row is view 1 with K predictors inserted after b_0..b_{P-1};
+  pair k reads the last predictor after b_k and the target at b_{k+1}: from a row where each
+  step segment sees only itself (localized, N > 1), from an isolated segment of the predictor
+  row (localized, N = 1, as upstream's double batch), or from the predictor row itself
+  (--no_localized_masks).
+"""
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from transformers import PreTrainedTokenizerBase
+
+from .data import Example
+from .errors import UserError
+from .plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow, causal_row
+
+
+@dataclass
+class ViewConfig:
+    regular: bool = False
+    predictors: int = 0  # K
+    last_token: int = -1
+    num_prediction_steps: int = 0  # N; 0 = view-based LLM-JEPA
+    localized_masks: bool = True
+    include_last_step_target: bool = True
+    step_separator: str = "\n\n"
+    additive_mask: bool = False
+    additive_positions: str = "continue"  # upstream: Code continues Text's positions; "reset" restarts at 0
+    front_pred: bool = False
+    reverse_pred: bool = False
+    plain: bool = False
+    merge_system: bool = False  # Gemma: system folded into the user turn
+    labels: str = "assistant"  # assistant | all | upstream
+    max_length: int = 512
+
+    @property
+    def multi_step(self) -> bool:
+        return self.num_prediction_steps > 0
+
+
+@dataclass
+class Encoded:
+    """One example, tokenized once: view 1, its labels, and what the views need."""
+
+    index: int
+    source: str
+    input_ids: list[int]
+    labels: list[int]
+    assistant_start: int
+    text_ids: list[int] = field(default_factory=list)  # view-based
+    code_ids: list[int] = field(default_factory=list)
+    boundaries: list[int] = field(default_factory=list)  # multi-step
+    truncated: bool = False
+    fallback: bool = False  # multi-step: no separator in the answer
+
+
+@dataclass
+class EncodeReport:
+    examples: int = 0
+    truncated: int = 0
+    fewer_steps: int = 0  # multi-step: fewer separators than N (fewer pairs)
+    fallback: int = 0  # multi-step: no separator at all (answer split at its middle)
+
+    def lines(self, path: str, max_length: int, n_steps: int) -> list[str]:
+        out = []
+        if self.truncated:
+            out.append(f"{path}: {self.truncated} of {self.examples} examples longer than --max_length {max_length}, truncated")
+        if self.fewer_steps:
+            out.append(f"{path}: {self.fewer_steps} of {self.examples} examples have fewer than {n_steps} step "
+                       "separators and give fewer pairs")
+        if self.fallback:
+            out.append(f"{path}: {self.fallback} of {self.examples} examples have no step separator; "
+                       "fallback: one pair, the answer cut at its middle")
+        return out
+
+
+# ---- rendering and tokenization -----------------------------------------------------------
+def predictor_string(k: int, front: bool) -> str:
+    order = range(1, k + 1) if front else range(k, 0, -1)
+    return "".join(f"<|predictor_{j}|>" for j in order)
+
+
+def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], cfg: ViewConfig, generation_prompt: bool) -> str:
+    if cfg.plain:
+        # upstream --plain: no template; user <|perception|> assistant <|eot_id|>
+        text = "".join(m["content"] + ("<|perception|>" if m["role"] == "user" else "") for m in messages
+                       if m["role"] != "system")
+        return text if generation_prompt else text + "<|eot_id|>"
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    # The template already holds BOS; upstream finetune.py adds a second one (a quirk we drop).
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def view1_messages(messages: list[dict], cfg: ViewConfig) -> list[dict]:
+    if cfg.merge_system and messages[0]["role"] == "system":
+        user = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+        return [user, messages[2]]
+    return messages
+
+
+def single_message_view(message: dict, cfg: ViewConfig, predictors: str) -> list[dict]:
+    content = message["content"]
+    if predictors:
+        content = predictors + content if cfg.front_pred else content + predictors
+    role = "user" if cfg.merge_system else message["role"]  # Gemma's template has no lone assistant turn
+    return [{"role": role, "content": content}]
+
+
+def view1_labels(ids: list[int], assistant_start: int, cfg: ViewConfig, pad_token_id: int) -> list[int]:
+    if cfg.labels == "all":
+        return list(ids)
+    if cfg.labels == "upstream":  # upstream's collator: every token but the pad id (pad = eos there)
+        return [t if t != pad_token_id else IGNORE_INDEX for t in ids]
+    return [IGNORE_INDEX] * assistant_start + list(ids[assistant_start:])
+
+
+@lru_cache(maxsize=8)
+def separator_token_ids(tokenizer: PreTrainedTokenizerBase, separator: str) -> frozenset[int]:
+    """Ids whose text contains the separator (upstream ships such a list for Llama-3 alone)."""
+    return frozenset(i for i in range(len(tokenizer)) if separator in tokenizer.decode([i]))
+
+
+def step_boundaries(ids: list[int], a_start: int, a_end: int, sep_ids: frozenset[int], cfg: ViewConfig) -> tuple:
+    """(boundaries, separators found). Step-JEPA: the first N separator tokens of the answer,
+    then its last token, each shifted by last_token and clamped to [0, a_end]. With no
+    separator: one pair, the (shifted) answer cut at its middle."""
+    found = [i for i in range(a_start, a_end) if ids[i] in sep_ids][: cfg.num_prediction_steps]
+    points = found + ([a_end] if cfg.include_last_step_target else [])
+    shifted = sorted({min(max(p + cfg.last_token, 0), a_end) for p in points})
+    if not found or len(shifted) < 2:
+        end = min(max(a_end + cfg.last_token, a_start + 1), a_end)
+        return [a_start + (end - a_start) // 2, end], 0
+    return shifted, len(found)
+
+
+def encode(example: Example, index: int, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig,
+           report: EncodeReport) -> Encoded:
+    messages = view1_messages(example.messages, cfg)
+    full = tokenize(tokenizer, render(tokenizer, messages, cfg, generation_prompt=False))
+    prompt = tokenize(tokenizer, render(tokenizer, messages[:-1], cfg, generation_prompt=True))
+    if full[: len(prompt)] != prompt:
+        raise UserError(f"{example.source}: the chat template does not render the prompt as a prefix of the "
+                        "conversation, so the answer's tokens cannot be located")
+    report.examples += 1
+    enc = Encoded(index=index, source=example.source, input_ids=full, labels=[], assistant_start=len(prompt))
+    if len(full) > cfg.max_length:
+        enc.input_ids, enc.truncated = full[: cfg.max_length], True
+        report.truncated += 1
+    if enc.assistant_start >= len(enc.input_ids) - 1:
+        raise UserError(f"{example.source}: the prompt alone fills --max_length {cfg.max_length}; nothing to train")
+    enc.labels = view1_labels(enc.input_ids, enc.assistant_start, cfg, tokenizer.pad_token_id)
+    if cfg.regular:
+        return enc
+    if cfg.multi_step:
+        sep_ids = separator_token_ids(tokenizer, cfg.step_separator)
+        a_end = len(enc.input_ids) - 1
+        enc.boundaries, n_found = step_boundaries(enc.input_ids, enc.assistant_start, a_end, sep_ids, cfg)
+        enc.fallback = n_found == 0
+        report.fallback += enc.fallback
+        report.fewer_steps += 0 < n_found < cfg.num_prediction_steps
+        return enc
+    user, assistant = example.messages[-2], example.messages[-1]
+    if cfg.reverse_pred:
+        user, assistant = assistant, user
+    text = render(tokenizer, single_message_view(user, cfg, predictor_string(cfg.predictors, cfg.front_pred)), cfg, False)
+    code = render(tokenizer, single_message_view(assistant, cfg, ""), cfg, False)
+    enc.text_ids = tokenize(tokenizer, text)[: cfg.max_length]
+    enc.code_ids = tokenize(tokenizer, code)[: cfg.max_length]
+    for name, ids in (("Text", enc.text_ids), ("Code", enc.code_ids)):
+        if not 0 <= len(ids) + cfg.last_token < len(ids):
+            raise UserError(f"{example.source}: --last_token {cfg.last_token} falls outside the {name} view "
+                            f"({len(ids)} tokens)")
+    return enc
+
+
+def encode_all(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig) -> tuple:
+    report = EncodeReport()
+    encoded = [encode(e, i, tokenizer, cfg, report) for i, e in enumerate(examples)]
+    return encoded, report
+
+
+# ---- plans --------------------------------------------------------------------------------
+def segment_row(example: int, view: str, ids: list[int], positions: list[int], starts: list[int]) -> ViewRow:
+    """A row whose token i sees [starts[i], i] (causal within its segment)."""
+    n = len(ids)
+    return ViewRow(example, view, list(ids), list(positions), list(starts),
+                   [NO_SHARED[0]] * n, [NO_SHARED[1]] * n, [IGNORE_INDEX] * n)
+
+
+def common_causal_prefix(row: ViewRow, full: ViewRow) -> int:
+    """Leading tokens a row shares with view 1: same id, same position, fully causal from 0."""
+    n = 0
+    for i in range(min(len(row), len(full))):
+        same = row.input_ids[i] == full.input_ids[i] and row.position_ids[i] == full.position_ids[i]
+        if not (same and row.causal_start[i] == 0 and row.shared_end[i] < row.shared_start[i]):
+            break
+        n += 1
+    return n
+
+
+def view_based_rows(enc: Encoded, b: int, cfg: ViewConfig) -> tuple[list[ViewRow], list[tuple[int, int]]]:
+    """Rows after view 1 and the (row offset, token) of the predictor and the target."""
+    i_text = len(enc.text_ids) + cfg.last_token
+    i_code = len(enc.code_ids) + cfg.last_token
+    if not cfg.additive_mask:
+        return [causal_row(b, "text", enc.text_ids), causal_row(b, "code", enc.code_ids)], [(0, i_text), (1, i_code)]
+    # upstream --additive_mask: Text[:i_text+1] | Code[:i_code+1] in one row, each block causal
+    lu, la = i_text + 1, i_code + 1
+    ids = enc.text_ids[:lu] + enc.code_ids[:la]
+    code_positions = range(lu, lu + la) if cfg.additive_positions == "continue" else range(la)
+    starts = [0] * lu + [lu] * la
+    row = segment_row(b, "packed", ids, list(range(lu)) + list(code_positions), starts)
+    return [row], [(0, i_text), (0, lu + i_code)]
+
+
+def step_rows(enc: Encoded, b: int, cfg: ViewConfig, predictor_ids: list[int]) -> tuple:
+    """Step-JEPA rows after view 1 and the (row offset, token) of every pair."""
+    bounds, k = enc.boundaries, len(predictor_ids)
+    n_pairs = len(bounds) - 1
+    localized_row = cfg.localized_masks and cfg.num_prediction_steps > 1
+    # the predictor row ends at the last token any pair reads
+    last = bounds[-1] if not localized_row else bounds[n_pairs - 1]
+    ids: list[int] = []
+    for j, t in enumerate(enc.input_ids[: last + 1]):
+        ids.append(t)
+        if j in bounds[:n_pairs]:
+            ids.extend(predictor_ids)
+    starts = [0] * len(ids)
+    if cfg.localized_masks and cfg.num_prediction_steps == 1:
+        # upstream's N = 1 double batch: the target segment (b_0, b_1] sees only itself
+        first = bounds[0] + k + 1
+        starts[first:] = [first] * (len(ids) - first)
+    pred_row = segment_row(b, "predictor", ids, list(range(len(ids))), starts)
+    pred_at = [bounds[j] + (j + 1) * k for j in range(n_pairs)]
+    if not localized_row:
+        target_at = [bounds[j + 1] + (j + 1) * k for j in range(n_pairs)]
+        return [pred_row], [((0, p), (0, t)) for p, t in zip(pred_at, target_at)]
+    # localized target row: segment 0 = [0, b_0], segment j = (b_{j-1}, b_j]
+    seg_starts = []
+    start = 0
+    for j in range(bounds[-1] + 1):
+        seg_starts.append(start)
+        if j in bounds:
+            start = j + 1
+    target_ids = enc.input_ids[: bounds[-1] + 1]
+    target_row = segment_row(b, "target", target_ids, list(range(len(target_ids))), seg_starts)
+    return [pred_row, target_row], [((0, p), (1, bounds[j + 1])) for j, p in enumerate(pred_at)]
+
+
+def build_plan(batch: list[Encoded], cfg: ViewConfig, predictor_ids: list[int], with_views: bool = True) -> ViewPlan:
+    """View 1 rows first (one per example), then each example's extra views and its pairs."""
+    rows = [causal_row(b, "full", enc.input_ids, enc.labels) for b, enc in enumerate(batch)]
+    plan = ViewPlan(rows=rows, n_examples=len(batch))
+    if cfg.regular or not with_views:
+        return plan
+    for b, enc in enumerate(batch):
+        offset = len(plan.rows)
+        if cfg.multi_step:
+            extra, pairs = step_rows(enc, b, cfg, predictor_ids)
+        else:
+            extra, (p, t) = view_based_rows(enc, b, cfg)
+            pairs = [(p, t)]
+        for row in extra:
+            n = common_causal_prefix(row, rows[b])
+            row.prefix_source = (b, n) if n else None
+        plan.rows.extend(extra)
+        plan.pairs.extend(((offset + pr, pi), (offset + tr, ti)) for (pr, pi), (tr, ti) in pairs)
+    return plan
