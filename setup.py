@@ -23,7 +23,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "flash": ["flash-attn"],
-        "test": ["pytest", "pytest-benchmark", "ruff"],
+        "test": ["pytest", "pytest-benchmark", "ruff", "triton>=3.0"],
     },
     entry_points={
         "console_scripts": [

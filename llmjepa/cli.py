@@ -8,13 +8,7 @@ one line and exits 2.
 """
 
 import argparse
-import json
-import math
-import os
 import sys
-from pathlib import Path
-
-import torch
 
 from .errors import UserError
 

@@ -6,8 +6,8 @@ logits for every row. The fast path (another module) returns the same `Executed`
 padding-free stream.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -83,4 +83,6 @@ def add_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    model.enable_input_require_grads()  # gradient checkpointing needs inputs that require grad
+    return model

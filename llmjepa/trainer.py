@@ -92,8 +92,15 @@ class JepaTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, executor: Executor, loss_config: LossConfig, metrics_path: Path | None = None,
-                 track_flops: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        executor: Executor,
+        loss_config: LossConfig,
+        metrics_path: Path | None = None,
+        track_flops: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.track_flops = track_flops
         self.executor = executor
@@ -132,8 +139,9 @@ class JepaTrainer(Trainer):
         loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
         return loss, out.ce_sum, jepa_sum, cos
 
-    def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         plan: ViewPlan = inputs["plan"]
         if not model.training:  # evaluation: this microbatch alone
             loss, *_ = self.plan_losses(model, plan, plan.label_tokens, plan.n_pairs)
@@ -147,8 +155,9 @@ class JepaTrainer(Trainer):
         loss = loss * world_size()
         return (loss, None) if return_outputs else loss
 
-    def prediction_step(self, model: torch.nn.Module, inputs: dict, prediction_loss_only: bool,
-                        ignore_keys: list[str] | None = None) -> tuple:
+    def prediction_step(
+        self, model: torch.nn.Module, inputs: dict, prediction_loss_only: bool, ignore_keys: list[str] | None = None
+    ) -> tuple:
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
@@ -176,23 +185,25 @@ class JepaTrainer(Trainer):
         loss = lm_loss if cfg.regular else cfg.gamma * lm_loss + cfg.lbd * jepa_loss
         seconds = time.perf_counter() - s.started
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        self.history.append({
-            "step": self.state.global_step + 1,
-            "loss": loss,
-            "lm_loss": lm_loss,
-            "jepa_loss": jepa_loss,
-            "mean_cos": cos / pairs if pairs else None,
-            "label_tokens": label_tokens,
-            "pairs": pairs,
-            "tokens": int(tokens),
-            "rows": int(rows),
-            "microbatches": s.microbatches,
-            "grad_norm": grad_norm,
-            "lr": self._get_learning_rate(),
-            "step_seconds": seconds,
-            "tokens_per_second": tokens / seconds if seconds > 0 else math.inf,
-            "peak_memory_mib": peak_memory_mib(),
-        })
+        self.history.append(
+            {
+                "step": self.state.global_step + 1,
+                "loss": loss,
+                "lm_loss": lm_loss,
+                "jepa_loss": jepa_loss,
+                "mean_cos": cos / pairs if pairs else None,
+                "label_tokens": label_tokens,
+                "pairs": pairs,
+                "tokens": int(tokens),
+                "rows": int(rows),
+                "microbatches": s.microbatches,
+                "grad_norm": grad_norm,
+                "lr": self._get_learning_rate(),
+                "step_seconds": seconds,
+                "tokens_per_second": tokens / seconds if seconds > 0 else math.inf,
+                "peak_memory_mib": peak_memory_mib(),
+            }
+        )
         if self.track_flops:
             self.history[-1]["flops"] = 6 * self.model.num_parameters() * int(tokens)
 

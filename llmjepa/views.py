@@ -74,13 +74,19 @@ class EncodeReport:
     def lines(self, path: str, max_length: int, n_steps: int) -> list[str]:
         out = []
         if self.truncated:
-            out.append(f"{path}: {self.truncated} of {self.examples} examples longer than --max_length {max_length}, truncated")
+            out.append(
+                f"{path}: {self.truncated} of {self.examples} examples longer than --max_length {max_length}, truncated"
+            )
         if self.fewer_steps:
-            out.append(f"{path}: {self.fewer_steps} of {self.examples} examples have fewer than {n_steps} step "
-                       "separators and give fewer pairs")
+            out.append(
+                f"{path}: {self.fewer_steps} of {self.examples} examples have fewer than {n_steps} step "
+                "separators and give fewer pairs"
+            )
         if self.fallback:
-            out.append(f"{path}: {self.fallback} of {self.examples} examples have no step separator; "
-                       "fallback: one pair, the answer cut at its middle")
+            out.append(
+                f"{path}: {self.fallback} of {self.examples} examples have no step separator; "
+                "fallback: one pair, the answer cut at its middle"
+            )
         return out
 
 
@@ -93,8 +99,9 @@ def predictor_string(k: int, front: bool) -> str:
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], cfg: ViewConfig, generation_prompt: bool) -> str:
     if cfg.plain:
         # upstream --plain: no template; user <|perception|> assistant <|eot_id|>
-        text = "".join(m["content"] + ("<|perception|>" if m["role"] == "user" else "") for m in messages
-                       if m["role"] != "system")
+        text = "".join(
+            m["content"] + ("<|perception|>" if m["role"] == "user" else "") for m in messages if m["role"] != "system"
+        )
         return text if generation_prompt else text + "<|eot_id|>"
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -146,14 +153,17 @@ def step_boundaries(ids: list[int], a_start: int, a_end: int, sep_ids: frozenset
     return shifted, len(found)
 
 
-def encode(example: Example, index: int, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig,
-           report: EncodeReport) -> Encoded:
+def encode(
+    example: Example, index: int, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, report: EncodeReport
+) -> Encoded:
     messages = view1_messages(example.messages, cfg)
     full = tokenize(tokenizer, render(tokenizer, messages, cfg, generation_prompt=False))
     prompt = tokenize(tokenizer, render(tokenizer, messages[:-1], cfg, generation_prompt=True))
     if full[: len(prompt)] != prompt:
-        raise UserError(f"{example.source}: the chat template does not render the prompt as a prefix of the "
-                        "conversation, so the answer's tokens cannot be located")
+        raise UserError(
+            f"{example.source}: the chat template does not render the prompt as a prefix of the "
+            "conversation, so the answer's tokens cannot be located"
+        )
     report.examples += 1
     enc = Encoded(index=index, source=example.source, input_ids=full, labels=[], assistant_start=len(prompt))
     if len(full) > cfg.max_length:
@@ -175,14 +185,17 @@ def encode(example: Example, index: int, tokenizer: PreTrainedTokenizerBase, cfg
     user, assistant = example.messages[-2], example.messages[-1]
     if cfg.reverse_pred:
         user, assistant = assistant, user
-    text = render(tokenizer, single_message_view(user, cfg, predictor_string(cfg.predictors, cfg.front_pred)), cfg, False)
+    text = render(
+        tokenizer, single_message_view(user, cfg, predictor_string(cfg.predictors, cfg.front_pred)), cfg, False
+    )
     code = render(tokenizer, single_message_view(assistant, cfg, ""), cfg, False)
     enc.text_ids = tokenize(tokenizer, text)[: cfg.max_length]
     enc.code_ids = tokenize(tokenizer, code)[: cfg.max_length]
     for name, ids in (("Text", enc.text_ids), ("Code", enc.code_ids)):
         if not 0 <= len(ids) + cfg.last_token < len(ids):
-            raise UserError(f"{example.source}: --last_token {cfg.last_token} falls outside the {name} view "
-                            f"({len(ids)} tokens)")
+            raise UserError(
+                f"{example.source}: --last_token {cfg.last_token} falls outside the {name} view ({len(ids)} tokens)"
+            )
     return enc
 
 
@@ -196,8 +209,16 @@ def encode_all(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg:
 def segment_row(example: int, view: str, ids: list[int], positions: list[int], starts: list[int]) -> ViewRow:
     """A row whose token i sees [starts[i], i] (causal within its segment)."""
     n = len(ids)
-    return ViewRow(example, view, list(ids), list(positions), list(starts),
-                   [NO_SHARED[0]] * n, [NO_SHARED[1]] * n, [IGNORE_INDEX] * n)
+    return ViewRow(
+        example,
+        view,
+        list(ids),
+        list(positions),
+        list(starts),
+        [NO_SHARED[0]] * n,
+        [NO_SHARED[1]] * n,
+        [IGNORE_INDEX] * n,
+    )
 
 
 def common_causal_prefix(row: ViewRow, full: ViewRow) -> int:
