@@ -57,6 +57,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     assistant_start: int
+    assistant_end: int = -1  # the answer's end-of-turn token (inclusive); template text after it is not trained
     text_ids: list[int] = field(default_factory=list)  # view-based
     code_ids: list[int] = field(default_factory=list)
     boundaries: list[int] = field(default_factory=list)  # multi-step
@@ -106,9 +107,28 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], cfg: ViewCo
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    # The template already holds BOS; upstream finetune.py adds a second one (a quirk we drop).
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def tokenize(tokenizer: PreTrainedTokenizerBase, text: str, cfg: ViewConfig) -> list[int]:
+    # A template already holds BOS (upstream finetune.py adds a second one, a quirk we drop);
+    # --plain text has no template, so the tokenizer adds it, as upstream.
+    return tokenizer(text, add_special_tokens=cfg.plain)["input_ids"]
+
+
+def end_of_turn_index(
+    tokenizer: PreTrainedTokenizerBase, text: str, prompt_text: str, answer: str, cfg: ViewConfig
+) -> int:
+    """Index of the first token after the answer's content (its end-of-turn token).
+
+    Templates such as Qwen's and Gemma's put text after it ("\n"); Step-JEPA ends the answer's
+    span, and its labels, at the end-of-turn token."""
+    enc = tokenizer(text, add_special_tokens=cfg.plain, return_offsets_mapping=True)
+    n = len(enc["input_ids"])
+    content = answer.strip()
+    start = text.find(content, len(prompt_text))
+    if not tokenizer.is_fast or start < 0:
+        return n - 1
+    content_end = start + len(content)
+    after = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a >= content_end and b > a]
+    return after[0] if after else n - 1
 
 
 def view1_messages(messages: list[dict], cfg: ViewConfig) -> list[dict]:
@@ -118,20 +138,23 @@ def view1_messages(messages: list[dict], cfg: ViewConfig) -> list[dict]:
     return messages
 
 
-def single_message_view(message: dict, cfg: ViewConfig, predictors: str) -> list[dict]:
+def single_message_text(tokenizer: PreTrainedTokenizerBase, message: dict, cfg: ViewConfig, predictors: str) -> str:
+    """Text or Code: one message alone through the chat template (--plain: its raw content)."""
     content = message["content"]
     if predictors:
         content = predictors + content if cfg.front_pred else content + predictors
+    if cfg.plain:
+        return content
     role = "user" if cfg.merge_system else message["role"]  # Gemma's template has no lone assistant turn
-    return [{"role": role, "content": content}]
+    return tokenizer.apply_chat_template([{"role": role, "content": content}], tokenize=False)
 
 
-def view1_labels(ids: list[int], assistant_start: int, cfg: ViewConfig, pad_token_id: int) -> list[int]:
+def view1_labels(ids: list[int], start: int, end: int, cfg: ViewConfig, pad_token_id: int) -> list[int]:
     if cfg.labels == "all":
         return list(ids)
     if cfg.labels == "upstream":  # upstream's collator: every token but the pad id (pad = eos there)
         return [t if t != pad_token_id else IGNORE_INDEX for t in ids]
-    return [IGNORE_INDEX] * assistant_start + list(ids[assistant_start:])
+    return [t if start <= i <= end else IGNORE_INDEX for i, t in enumerate(ids)]
 
 
 @lru_cache(maxsize=8)
@@ -157,8 +180,9 @@ def encode(
     example: Example, index: int, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, report: EncodeReport
 ) -> Encoded:
     messages = view1_messages(example.messages, cfg)
-    full = tokenize(tokenizer, render(tokenizer, messages, cfg, generation_prompt=False))
-    prompt = tokenize(tokenizer, render(tokenizer, messages[:-1], cfg, generation_prompt=True))
+    full_text = render(tokenizer, messages, cfg, generation_prompt=False)
+    prompt_text = render(tokenizer, messages[:-1], cfg, generation_prompt=True)
+    full, prompt = tokenize(tokenizer, full_text, cfg), tokenize(tokenizer, prompt_text, cfg)
     if full[: len(prompt)] != prompt:
         raise UserError(
             f"{example.source}: the chat template does not render the prompt as a prefix of the "
@@ -166,18 +190,19 @@ def encode(
         )
     report.examples += 1
     enc = Encoded(index=index, source=example.source, input_ids=full, labels=[], assistant_start=len(prompt))
+    enc.assistant_end = end_of_turn_index(tokenizer, full_text, prompt_text, messages[-1]["content"], cfg)
     if len(full) > cfg.max_length:
         enc.input_ids, enc.truncated = full[: cfg.max_length], True
+        enc.assistant_end = min(enc.assistant_end, cfg.max_length - 1)
         report.truncated += 1
     if enc.assistant_start >= len(enc.input_ids) - 1:
         raise UserError(f"{example.source}: the prompt alone fills --max_length {cfg.max_length}; nothing to train")
-    enc.labels = view1_labels(enc.input_ids, enc.assistant_start, cfg, tokenizer.pad_token_id)
+    enc.labels = view1_labels(enc.input_ids, enc.assistant_start, enc.assistant_end, cfg, tokenizer.pad_token_id)
     if cfg.regular:
         return enc
     if cfg.multi_step:
         sep_ids = separator_token_ids(tokenizer, cfg.step_separator)
-        a_end = len(enc.input_ids) - 1
-        enc.boundaries, n_found = step_boundaries(enc.input_ids, enc.assistant_start, a_end, sep_ids, cfg)
+        enc.boundaries, n_found = step_boundaries(enc.input_ids, enc.assistant_start, enc.assistant_end, sep_ids, cfg)
         enc.fallback = n_found == 0
         report.fallback += enc.fallback
         report.fewer_steps += 0 < n_found < cfg.num_prediction_steps
@@ -185,12 +210,10 @@ def encode(
     user, assistant = example.messages[-2], example.messages[-1]
     if cfg.reverse_pred:
         user, assistant = assistant, user
-    text = render(
-        tokenizer, single_message_view(user, cfg, predictor_string(cfg.predictors, cfg.front_pred)), cfg, False
-    )
-    code = render(tokenizer, single_message_view(assistant, cfg, ""), cfg, False)
-    enc.text_ids = tokenize(tokenizer, text)[: cfg.max_length]
-    enc.code_ids = tokenize(tokenizer, code)[: cfg.max_length]
+    text = single_message_text(tokenizer, user, cfg, predictor_string(cfg.predictors, cfg.front_pred))
+    code = single_message_text(tokenizer, assistant, cfg, "")
+    enc.text_ids = tokenize(tokenizer, text, cfg)[: cfg.max_length]
+    enc.code_ids = tokenize(tokenizer, code, cfg)[: cfg.max_length]
     for name, ids in (("Text", enc.text_ids), ("Code", enc.code_ids)):
         if not 0 <= len(ids) + cfg.last_token < len(ids):
             raise UserError(
