@@ -42,8 +42,10 @@ Deliberate differences between our views and upstream (documented choices, not b
 8. Examples without a system message: we take messages[-2] / messages[-1] as user / assistant;
    finetune.py takes messages[1:2] / [2:3] and so assumes a system message.
 9. `additive_positions="reset"` (Code restarts at position 0) is our option; upstream continues
-   the positions after Text, which under RoPE is not the function of separate passes. "reset" is
-   tested equal to the three separate passes, "continue" equal to upstream's packed row.
+   the positions after Text. Under RoPE the two are the same function (the Code block sees only
+   itself and RoPE depends on position differences) and differ by rounding only; with absolute
+   position embeddings they differ. "reset" is tested equal to the three separate passes,
+   "continue" equal to upstream's packed row.
 10. Truncation (not tested here): a truncated view 1 keeps its assistant labels with us; upstream
     Step-JEPA's label matching then fails, leaving no labels and taking the fallback.
 """
