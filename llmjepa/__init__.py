@@ -1,6 +1,6 @@
 """llmjepa: a drop-in, fast trainer for LLM-JEPA fine-tuning.
 
-    from llmjepa import JepaTrainer, LossConfig, ViewConfig, ViewCollator, run_reference
+from llmjepa import JepaTrainer, LossConfig, ViewConfig, ViewCollator, run_reference
 """
 
 from .collate import ViewCollator

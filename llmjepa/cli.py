@@ -8,6 +8,7 @@ one line and exits 2.
 """
 
 import argparse
+import os
 import sys
 
 from .errors import UserError
@@ -18,20 +19,24 @@ JEPA_ONLY_FLAGS = ("additive_mask", "jepa_l2", "jepa_mse", "infonce", "front_pre
 def build_parser() -> argparse.ArgumentParser:
     from .default_model import DEFAULT_MODEL_NAME
 
-    p = argparse.ArgumentParser(prog="llmjepa-train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="llmjepa-train", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = p.add_argument_group("data (upstream)")
     data.add_argument("--train_file", help="JSONL in the messages format (default: the bundled arithmetic sample)")
     data.add_argument("--eval_file")
     data.add_argument("--data_file", help="one file split into train and eval by --eval_split")
-    data.add_argument("--eval_split", type=float, default=0.2)
+    data.add_argument("--eval_split", type=float, default=None, help="fraction held out of --data_file (default 0.2)")
     data.add_argument("--split_seed", type=int, default=42)
     data.add_argument("--max_length", type=int, default=512)
     data.add_argument("--plain", action="store_true", help="no chat template: user <|perception|> assistant <|eot_id|>")
     data.add_argument("--train_all", action="store_true", help="LM labels on every token, not only the answer")
     model = p.add_argument_group("model (upstream)")
-    model.add_argument("--model_name", default=DEFAULT_MODEL_NAME,
-                       help=f"a local Hugging Face checkpoint, or {DEFAULT_MODEL_NAME} (embedded, no download)")
+    model.add_argument(
+        "--model_name",
+        default=DEFAULT_MODEL_NAME,
+        help=f"a local Hugging Face checkpoint, or {DEFAULT_MODEL_NAME} (embedded, no download)",
+    )
     model.add_argument("--lora", action="store_true")
     model.add_argument("--lora_rank", type=int, default=16)
     model.add_argument("--pretrain", action="store_true", help="random init from the checkpoint's config")
@@ -63,25 +68,44 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--num_prediction_steps", type=int, default=0, help="N step pairs; 0 = view-based LLM-JEPA")
     steps.add_argument("--no_localized_masks", dest="localized_masks", action="store_false")
     steps.add_argument("--use_localized_masks", dest="localized_masks", action="store_true", help="(the default)")
-    steps.add_argument("--include_last_step_target", dest="include_last_step_target", action="store_true",
-                       help="(the default) the answer's end is the last target")
+    steps.add_argument(
+        "--include_last_step_target",
+        dest="include_last_step_target",
+        action="store_true",
+        help="(the default) the answer's end is the last target",
+    )
     steps.add_argument("--omit_last_step_target", dest="include_last_step_target", action="store_false")
     p.set_defaults(localized_masks=True, include_last_step_target=True)
     ours = p.add_argument_group("llmjepa")
     ours.add_argument("--step_separator", default="\n\n", help="text that ends a reasoning step")
-    ours.add_argument("--upstream_labels", action="store_true",
-                      help="upstream's effective labels: every token but the pad id (pad = eos)")
-    ours.add_argument("--additive_mask_positions", choices=["continue", "reset"], default="continue",
-                      help="Code's positions under --additive_mask: continue after Text (upstream) or restart at 0")
+    ours.add_argument(
+        "--upstream_labels",
+        action="store_true",
+        help="upstream's effective labels: every token but the pad id (pad = eos)",
+    )
+    ours.add_argument(
+        "--additive_mask_positions",
+        choices=["continue", "reset"],
+        default="continue",
+        help="Code's positions under --additive_mask: continue after Text (upstream) or restart at 0",
+    )
     ours.add_argument("--impl", choices=["reference"], default="reference", help="executor of the views")
     ours.add_argument("--max_train_steps", type=int, default=-1)
     ours.add_argument("--logging_steps", type=int, default=1)
     ours.add_argument("--save_steps", type=int, default=0, help="checkpoint every N steps (0: every epoch)")
     ours.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'latest' in --output_dir")
-    ours.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                      help="weights' dtype; auto = bfloat16 on CUDA (as upstream), float32 on CPU")
-    ours.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                      help="default: on with CUDA (as upstream), off on CPU")
+    ours.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="weights' dtype; auto = bfloat16 on CUDA (as upstream), float32 on CPU",
+    )
+    ours.add_argument(
+        "--gradient_checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on with CUDA (as upstream), off on CPU",
+    )
     ours.add_argument("--dropout", type=float, default=None, help="override the model's attention dropout")
     return p
 
@@ -91,7 +115,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.regular:
         given = [f"--{f}" for f in JEPA_ONLY_FLAGS if getattr(args, f)]
         given += ["--lbd"] * (args.lbd is not None) + ["--predictors"] * (args.predictors != 0)
-        given += ["--num_prediction_steps"] * (args.num_prediction_steps != 0) + ["--jepa_ratio"] * (args.jepa_ratio > 0)
+        given += ["--num_prediction_steps"] * (args.num_prediction_steps != 0) + ["--jepa_ratio"] * (
+            args.jepa_ratio > 0
+        )
         if given:
             raise UserError(f"--regular trains without views; it contradicts {', '.join(given)}")
     if args.lbd is None:
@@ -102,6 +128,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--train_all and --upstream_labels choose different labels; give one")
     if args.train_file and args.data_file:
         raise UserError("give --train_file or --data_file, not both")
+    if args.eval_split is not None and not args.data_file:
+        raise UserError("--eval_split splits --data_file; with --train_file use --eval_file")
+    args.eval_split = 0.2 if args.eval_split is None else args.eval_split
+    if not 0 <= args.eval_split < 1:
+        raise UserError("--eval_split must be in [0, 1)")
     if args.num_prediction_steps < 0 or not 0 <= args.predictors <= 10:
         raise UserError("--num_prediction_steps must be >= 0 and --predictors in 0..10")
     if args.num_prediction_steps > 0:
@@ -119,6 +150,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--lora_rank must be >= 1")
     if not args.step_separator:
         raise UserError("--step_separator must not be empty")
+    # a local path (a Hub id "org/name" never starts with "." or "~"), not a directory: say so, rather
+    # than let the Hub client report an invalid repo id or try the network
+    path_like = os.path.isabs(args.model_name) or args.model_name.startswith((".", "~"))
+    if path_like and not os.path.isdir(args.model_name):
+        raise UserError(f"--model_name {args.model_name}: no such local directory")
     return args
 
 

@@ -50,8 +50,13 @@ def load_examples(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     examples = []
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
+    with path.open("rb") as f:  # bytes, so that a decoding error can name its line
+        for line, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")  # a leading BOM is allowed
+            except UnicodeDecodeError as e:
+                bad = f"byte 0x{raw[e.start]:02x} at byte {e.start + 1}"
+                raise located(path, line, f"not valid UTF-8 ({bad})") from None
             if text.strip():
                 examples.append(parse_line(text, path, line))
     if not examples:

@@ -24,19 +24,35 @@ from .views import Encoded, ViewConfig, encode_all
 def view_config(args: argparse.Namespace) -> ViewConfig:
     labels = "all" if args.train_all else "upstream" if args.upstream_labels else "assistant"
     return ViewConfig(
-        regular=args.regular, predictors=args.predictors, last_token=args.last_token,
-        num_prediction_steps=args.num_prediction_steps, localized_masks=args.localized_masks,
-        include_last_step_target=args.include_last_step_target, step_separator=args.step_separator,
-        additive_mask=args.additive_mask, additive_positions=args.additive_mask_positions,
-        front_pred=args.front_pred, reverse_pred=args.reverse_pred, plain=args.plain,
-        merge_system="gemma" in args.model_name.lower(), labels=labels, max_length=args.max_length,
+        regular=args.regular,
+        predictors=args.predictors,
+        last_token=args.last_token,
+        num_prediction_steps=args.num_prediction_steps,
+        localized_masks=args.localized_masks,
+        include_last_step_target=args.include_last_step_target,
+        step_separator=args.step_separator,
+        additive_mask=args.additive_mask,
+        additive_positions=args.additive_mask_positions,
+        front_pred=args.front_pred,
+        reverse_pred=args.reverse_pred,
+        plain=args.plain,
+        merge_system="gemma" in args.model_name.lower(),
+        labels=labels,
+        max_length=args.max_length,
     )
 
 
 def loss_config(args: argparse.Namespace) -> LossConfig:
     kind = "l2" if args.jepa_l2 else "mse" if args.jepa_mse else "infonce" if args.infonce else "cosine"
-    return LossConfig(regular=args.regular, lbd=args.lbd, gamma=args.gamma, jepa_kind=kind,
-                      jepa_ratio=args.jepa_ratio, seed=args.finetune_seed, debug=args.debug)
+    return LossConfig(
+        regular=args.regular,
+        lbd=args.lbd,
+        gamma=args.gamma,
+        jepa_kind=kind,
+        jepa_ratio=args.jepa_ratio,
+        seed=args.finetune_seed,
+        debug=args.debug,
+    )
 
 
 def same_flop_epochs(args: argparse.Namespace) -> int:
@@ -50,7 +66,8 @@ def same_flop_epochs(args: argparse.Namespace) -> int:
     else:
         factor = 1
     epochs = math.ceil(args.num_epochs / factor)
-    print(f">>>>> --same_flop is active: {args.num_epochs} epochs -> {epochs}")
+    if is_main_process():
+        print(f">>>>> --same_flop is active: {args.num_epochs} epochs -> {epochs}")
     return epochs
 
 
@@ -68,9 +85,14 @@ def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
     return train, held, source
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (set before the Trainer starts the process group), else True."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def encode_split(examples: list, tokenizer, cfg: ViewConfig, source: str) -> list[Encoded]:
     encoded, report = encode_all(examples, tokenizer, cfg)
-    for line in report.lines(source, cfg.max_length, cfg.num_prediction_steps):
+    for line in report.lines(source, cfg.max_length, cfg.num_prediction_steps) if is_main_process() else []:
         print(f"llmjepa-train: warning: {line}")
     return encoded
 
@@ -82,7 +104,9 @@ def resolve_device_defaults(args: argparse.Namespace) -> tuple[str, bool]:
     return dtype, checkpointing
 
 
-def training_arguments(args: argparse.Namespace, n_train: int, has_eval: bool, checkpointing: bool) -> TrainingArguments:
+def training_arguments(
+    args: argparse.Namespace, n_train: int, has_eval: bool, checkpointing: bool
+) -> TrainingArguments:
     epochs = same_flop_epochs(args) if args.same_flop else args.num_epochs
     steps_per_epoch = max(1, n_train // (args.batch_size * args.grad_accum))
     return TrainingArguments(
@@ -120,7 +144,12 @@ def resume_point(args: argparse.Namespace) -> str | None:
     if not args.resume_from_checkpoint:
         return None
     if args.resume_from_checkpoint == "latest":
-        found = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        found = [
+            p
+            for p in Path(args.output_dir).glob("checkpoint-*")
+            if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()  # complete checkpoints only
+        ]
+        found.sort(key=lambda p: int(p.name[11:]))
         if not found:
             raise UserError(f"--resume_from_checkpoint latest: no checkpoint-* in {args.output_dir}")
         return str(found[-1])
@@ -137,8 +166,16 @@ def prepare_metrics_file(path: Path, resume_from: str | None) -> None:
         path.unlink()
         return
     done = json.loads(Path(resume_from, "trainer_state.json").read_text())["global_step"]
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= done]
+    kept = [line for line in path.read_text().splitlines() if metrics_step(line) <= done]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def metrics_step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a line the interruption cut short (dropped on resume)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 @dataclass
@@ -156,8 +193,14 @@ def build_run(args: argparse.Namespace) -> Run:
     eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source) if eval_examples else None
     if len(train_set) < args.batch_size:
         raise UserError(f"{source}: {len(train_set)} examples, fewer than one batch of {args.batch_size}")
-    spec = ModelSpec(args.model_name, pretrain=args.pretrain, lora=args.lora, lora_rank=args.lora_rank,
-                     dtype=dtype, seed=args.finetune_seed)
+    spec = ModelSpec(
+        args.model_name,
+        pretrain=args.pretrain,
+        lora=args.lora,
+        lora_rank=args.lora_rank,
+        dtype=dtype,
+        seed=args.finetune_seed,
+    )
     model = load_model(spec, tokenizer)
     if args.dropout is not None:
         model.config.attention_dropout = args.dropout
@@ -191,7 +234,9 @@ def train(args: argparse.Namespace) -> JepaTrainer:
 
 def finish(args: argparse.Namespace, run: Run) -> None:
     run.trainer.save_model(args.output_dir)
-    records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()] if run.metrics_path.exists() else []
+    records = (
+        [json.loads(line) for line in run.metrics_path.read_text().splitlines()] if run.metrics_path.exists() else []
+    )
     plot = Path(args.output_dir) / "loss_curve.png"
     keys = ("loss", "lm_loss") if args.regular else ("loss", "lm_loss", "jepa_loss")
     plot_curves(plot, {os.path.basename(os.path.normpath(args.output_dir)): records}, keys, "llmjepa-train")

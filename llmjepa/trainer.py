@@ -175,8 +175,8 @@ class JepaTrainer(Trainer):
     def finish_step(self, grad_norm: Any) -> None:
         """Reduce this step's sums over ranks and append its record (called before optimizer.step)."""
         s = self.stats
-        ce, jepa, cos, tokens, rows = all_reduce_sums(
-            [s.ce_sum, s.jepa_sum, s.cos_sum, float(s.tokens), float(s.rows)], self.args.device
+        ce, jepa, cos, tokens, rows, microbatches = all_reduce_sums(
+            [s.ce_sum, s.jepa_sum, s.cos_sum, float(s.tokens), float(s.rows), float(s.microbatches)], self.args.device
         )
         label_tokens, pairs = self.step_totals
         cfg = self.loss_config
@@ -196,7 +196,7 @@ class JepaTrainer(Trainer):
                 "pairs": pairs,
                 "tokens": int(tokens),
                 "rows": int(rows),
-                "microbatches": s.microbatches,
+                "microbatches": int(microbatches),  # over all ranks, as tokens and rows
                 "grad_norm": grad_norm,
                 "lr": self._get_learning_rate(),
                 "step_seconds": seconds,
