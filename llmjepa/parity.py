@@ -14,7 +14,8 @@ error.
 
 Parity needs what any two runs need to match: no dropout (the extra rows of the views draw
 other random numbers; --lora brings LoRA's dropout 0.1), and a tolerance that suits the dtype
-(1e-5 holds in float32; bfloat16 needs about 1e-2).
+(1e-5 holds in float32; if bfloat16 parts by a little, rerun with --dtype float32 to tell
+rounding from a real difference). See docs/parity.md.
 """
 
 import argparse
@@ -56,45 +57,54 @@ def build_parity_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help="optimizer steps to compare (default: --max_train_steps if given, else 20)",
+        help="optimizer steps to compare; None: --max_train_steps if given, else 20",
     )
     g.add_argument("--tolerance", type=float, default=1e-5, help="largest relative difference that still agrees")
-    g.add_argument("--plot", help="PNG of both curves (default: OUTPUT_DIR/parity.png)")
+    g.add_argument("--plot", help="PNG of both curves; None: OUTPUT_DIR/parity.png")
     return p
 
 
 def parse_parity_args(argv: list[str] | None) -> argparse.Namespace:
-    args = build_parity_parser().parse_args(argv)
-    if not args.regular and args.lbd is None:
-        args.lbd = 0.0  # configuration A: the views run, their loss weighs nothing
-    args = check_args(args)
-    if args.steps is None:
-        args.steps = args.max_train_steps if args.max_train_steps > 0 else 20
-    if args.steps < 1:
+    """Configuration A's flags, checked; `.raw` keeps the unchecked ones that B is made from."""
+    raw = build_parity_parser().parse_args(argv)
+    args = side_flags(raw, regular=raw.regular)
+    if raw.steps is None:
+        raw.steps = args.steps = raw.max_train_steps if raw.max_train_steps > 0 else 20
+    if raw.steps < 1:
         raise UserError("--steps must be >= 1")
-    if not args.tolerance > 0:
+    if not raw.tolerance > 0:
         raise UserError("--tolerance must be > 0")
-    if args.resume_from_checkpoint:
+    if raw.resume_from_checkpoint:
         raise UserError("--resume_from_checkpoint: llmjepa-parity starts both runs from the same weights; drop it")
-    if args.regular and args.against == "regular":
+    if raw.regular and raw.against == "regular":
         raise UserError("--regular --against regular compares a run with itself; use --against hf")
+    side_flags(raw, regular=True)  # B's flags: any user error shows before training starts
+    args.raw = raw
     return args
 
 
-def run_args(args: argparse.Namespace, out_dir: Path, regular: bool) -> argparse.Namespace:
-    """The flags of one side: the user's, with N steps, no eval/checkpoints, and for B no views."""
-    a = copy.copy(args)
-    a.output_dir = str(out_dir)
-    a.max_train_steps = args.steps
-    a.logging_steps = 1
-    a.save_steps = args.steps + 1
-    if regular and not args.regular:
+def side_flags(raw: argparse.Namespace, regular: bool) -> argparse.Namespace:
+    """One side's flags, checked by llmjepa-train's own rules: A = the user's with --lbd 0 unless
+    given; B = the user's without any view flag, plus --regular."""
+    a = copy.copy(raw)
+    if regular and not raw.regular:
         a.regular = True
         for name in JEPA_ONLY_FLAGS:
             setattr(a, name, False)
         a.lbd, a.predictors, a.num_prediction_steps, a.jepa_ratio = None, 0, 0, -1.0
         a.localized_masks = a.include_last_step_target = True
-        a = check_args(a)
+    elif not raw.regular and a.lbd is None:
+        a.lbd = 0.0  # configuration A: the views run, their loss weighs nothing
+    return check_args(a)
+
+
+def run_args(args: argparse.Namespace, out_dir: Path, regular: bool) -> argparse.Namespace:
+    """The flags of one run: one side's, with N steps, a log every step, no checkpoints."""
+    a = side_flags(args.raw, regular)
+    a.output_dir = str(out_dir)
+    a.max_train_steps = args.steps
+    a.logging_steps = 1
+    a.save_steps = args.steps + 1
     return a
 
 
@@ -202,7 +212,14 @@ def build_hf_sft(args: argparse.Namespace) -> Any:
     from transformers import set_seed
 
     from .model import ModelSpec, load_model, load_tokenizer
-    from .run import encode_split, load_data, resolve_device_defaults, training_arguments, view_config
+    from .run import (
+        encode_split,
+        load_data,
+        resolve_device_defaults,
+        set_attention_dropout,
+        training_arguments,
+        view_config,
+    )
 
     dtype, checkpointing = resolve_device_defaults(args)
     tokenizer = load_tokenizer(args.model_name)
@@ -221,7 +238,7 @@ def build_hf_sft(args: argparse.Namespace) -> Any:
     )
     model = load_model(spec, tokenizer)
     if args.dropout is not None:
-        model.config.attention_dropout = args.dropout
+        set_attention_dropout(model, args.dropout)
     trainer = recording_trainer_class()(
         model=model,
         args=training_arguments(args, len(train_set), False, checkpointing),
@@ -277,10 +294,11 @@ def release(trainer: Any) -> None:
 
 # ---- comparison ---------------------------------------------------------------------------
 def rel_diff(a: float, b: float) -> float:
-    if math.isnan(a) or math.isnan(b):
-        return 0.0 if math.isnan(a) and math.isnan(b) else math.inf
-    if a == b:
+    """|a - b| / max(|a|, |b|); 0 when equal; inf when either is NaN or infinite (never agrees)."""
+    if a == b and math.isfinite(a):
         return 0.0
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf
     return abs(a - b) / max(abs(a), abs(b))
 
 
@@ -298,7 +316,7 @@ def partings(a: dict, b: dict, tolerance: float) -> list[tuple[str, float]]:
 class Table:
     tolerance: float
     rows: list[tuple[dict, dict]] = field(default_factory=list)
-    first: tuple[int, str, dict, dict, float] | None = None  # step, quantity, A, B, rel diff
+    first: tuple[int, list[tuple[str, float]], dict, dict] | None = None  # step, [(quantity, rel diff)], A, B
 
     HEADER = (
         f"{'step':>4}  {'loss A':>11} {'loss B':>11} {'rel diff':>8}  {'grad A':>10} {'grad B':>10} "
@@ -324,8 +342,7 @@ class Table:
         )
         parted = partings(a, b, self.tolerance)
         if parted and self.first is None:
-            q, d = parted[0]
-            self.first = (a["step"], q, a, b, d)
+            self.first = (a["step"], parted, a, b)
         return not parted
 
     def max_diff(self, key: str) -> tuple[float, int]:
@@ -369,13 +386,18 @@ def compare(args: argparse.Namespace) -> tuple[Table, list[dict], list[dict]]:
     """Run B, then A against B's record step by step. Returns the table and both records."""
     root = Path(args.output_dir)
     b_args = run_args(args, root / f"B-{args.against}", regular=True)
-    a_args = run_args(args, root / "A", regular=False)
+    a_args = run_args(args, root / "A", regular=args.regular)
     a_name, b_name = describe(args)
     print(
         f"llmjepa-parity: A = {a_name}; B = {b_name}; {args.steps} steps, batch {args.batch_size} x grad_accum "
         f"{args.grad_accum}, tolerance {args.tolerance:g}",
         flush=True,
     )
+    if args.lora or (args.dropout or 0) > 0:
+        print(
+            "llmjepa-parity: note: dropout is on (--lora brings LoRA's dropout 0.1); A's extra rows draw other "
+            "random masks, so A and B are expected to part"
+        )
     b_records = (run_hf if args.against == "hf" else run_ours)(b_args)
     if len(b_records) < args.steps:
         raise UserError(f"B stopped after {len(b_records)} of {args.steps} steps")
@@ -402,13 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     if table.first is None:
         print(f"AGREE: A and B agree on all {len(table.rows)} steps (tolerance {args.tolerance:g})")
         return 0
-    step, quantity, a, b, d = table.first
-    print(
-        f"PART: A and B part at step {step}, first in {quantity}: A {a[quantity]:.9g} vs B {b[quantity]:.9g} "
-        f"(rel diff {d:.1e} > tolerance {args.tolerance:g})"
-        if quantity not in EXACT
-        else f"PART: A and B part at step {step}, first in {quantity}: A {a[quantity]} vs B {b[quantity]}"
-    )
+    step, parted, a, b = table.first
+    said = [
+        f"{q}: A {a[q]} vs B {b[q]}" if q in EXACT else f"{q}: A {a[q]:.9g} vs B {b[q]:.9g} (rel diff {d:.1e})"
+        for q, d in parted
+    ]
+    print(f"PART: A and B part at step {step}, first in {said[0]}" + "".join(f"; also {x}" for x in said[1:]))
+    print(f"(tolerance {args.tolerance:g}; label tokens and microbatches must be equal)")
     return 1
 
 

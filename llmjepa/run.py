@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 
 from .collate import ViewCollator
 from .data import load_examples, split_examples
@@ -178,6 +178,14 @@ def metrics_step(line: str) -> float:
         return math.inf
 
 
+def set_attention_dropout(model: torch.nn.Module, dropout: float) -> None:
+    """--dropout: the attention modules copied config.attention_dropout when built, so set theirs too."""
+    model.config.attention_dropout = dropout
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = dropout
+
+
 @dataclass
 class Run:
     trainer: JepaTrainer
@@ -201,9 +209,10 @@ def build_run(args: argparse.Namespace) -> Run:
         dtype=dtype,
         seed=args.finetune_seed,
     )
+    set_seed(args.finetune_seed)  # rows added for new tokens are random: same seed, same start
     model = load_model(spec, tokenizer)
     if args.dropout is not None:
-        model.config.attention_dropout = args.dropout
+        set_attention_dropout(model, args.dropout)
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     trainer = JepaTrainer(
