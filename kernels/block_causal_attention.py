@@ -1,0 +1,842 @@
+"""Block-causal attention over one packed token stream: Triton forward and backward.
+
+Query token ``i`` sees key ``j`` iff ``shared_start[i] <= j <= shared_end[i]`` (an optional shared range,
+empty when ``shared_end[i] < shared_start[i]``) or ``causal_start[i] <= j <= i`` (its own causal range).
+That covers plain causal segments, predictor views that also see a prefix of an earlier view,
+localized step segments and block-diagonal packing, all in one stream, without a T x T mask.
+
+Skipping: before the launch, torch computes for every (query block, key block) tile whether some query
+of the tile sees some key of it ("touched") and whether every query sees every key ("full"), with a
+difference array over the per-query ranges (O(T + tiles), no T x T tensor). Each query block then
+visits only its touched key blocks, listed in two index lists: full tiles run without any mask
+arithmetic, partial tiles apply the range test. The backward dK/dV kernel uses the transposed lists
+(per key block, the query blocks that see it). Tiles no query sees are never loaded.
+
+Backward follows FlashAttention-2: delta = rowsum(dO * O), then a dK/dV kernel (one program per key
+block and KV head, looping over the query heads of its GQA group) and a separate dQ kernel. Two kernels
+instead of one with atomics: the results are deterministic, dQ needs no fp32 scratch buffer, and the
+GQA reduction of dK/dV happens in registers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+__all__ = [
+    "AttentionConfig",
+    "BlockCausalAttentionFunction",
+    "BlockCausalLayout",
+    "KernelConfig",
+    "block_causal_attention",
+    "default_config",
+    "interpreted",
+]
+
+_LOG2E = 1.4426950408889634
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile shape (block_m queries x block_n keys) and launch options of one kernel."""
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Launch configurations of the forward kernel and of the two backward kernels."""
+
+    forward: KernelConfig
+    dkdv: KernelConfig
+    dq: KernelConfig
+
+
+@dataclass(frozen=True)
+class _VisitLists:
+    """For each row block: how many column blocks to visit and which, full tiles and partial tiles apart."""
+
+    full_count: torch.Tensor  # (rows,) int32
+    full_index: torch.Tensor  # (rows, width) int32, ascending, valid up to full_count
+    part_count: torch.Tensor
+    part_index: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _TileLists:
+    by_query: _VisitLists  # query block -> key blocks (forward, dQ)
+    by_key: _VisitLists  # key block -> query blocks (dK/dV)
+
+
+class BlockCausalLayout:
+    """Validated visibility ranges of one packed stream, with the tile visit lists cached per tile shape.
+
+    Building it costs one host sync (validation); reuse one layout across layers to pay it once.
+    """
+
+    def __init__(self, shared_start: torch.Tensor, shared_end: torch.Tensor, causal_start: torch.Tensor) -> None:
+        _check_range_tensors(shared_start=shared_start, shared_end=shared_end, causal_start=causal_start)
+        self.num_tokens = shared_start.numel()
+        self.device = shared_start.device
+        self.shared_start, self.shared_end, self.causal_start = _checked_ranges(
+            shared_start.long(), shared_end.long(), causal_start.long()
+        )
+        self._tiles: dict[tuple[int, int], _TileLists] = {}
+
+    def tiles(self, block_m: int, block_n: int) -> _TileLists:
+        key = (block_m, block_n)
+        if key not in self._tiles:
+            self._tiles[key] = _build_tiles(self.shared_start, self.shared_end, self.causal_start, block_m, block_n)
+        return self._tiles[key]
+
+    def visited_tiles(self, block_m: int, block_n: int) -> tuple[int, int]:
+        """(full tiles, partial tiles) one head visits in the forward pass; for benchmarks and tests."""
+        lists = self.tiles(block_m, block_n).by_query
+        return int(lists.full_count.sum()), int(lists.part_count.sum())
+
+
+def _check_range_tensors(**ranges: torch.Tensor) -> None:
+    for name, tensor in ranges.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be int32 (or int64), got {tensor.dtype}")
+        if tensor.dim() != 1:
+            raise ValueError(f"{name} must have shape (T,), got {tuple(tensor.shape)}")
+    first = next(iter(ranges.values()))
+    if any(t.shape != first.shape for t in ranges.values()):
+        shapes = {name: tuple(t.shape) for name, t in ranges.items()}
+        raise ValueError(f"range tensors must have the same shape (T,), got {shapes}")
+    if any(t.device != first.device for t in ranges.values()):
+        devices = {name: str(t.device) for name, t in ranges.items()}
+        raise ValueError(f"range tensors must be on one device, got {devices}")
+    if first.numel() == 0:
+        raise ValueError("the token stream is empty (T == 0)")
+    if first.numel() >= 2**31 - 1:
+        raise ValueError(f"T = {first.numel()} does not fit the int32 token indices")
+
+
+def _checked_ranges(
+    shared_start: torch.Tensor, shared_end: torch.Tensor, causal_start: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate int64 ranges; return them as int32 with empty ranges in one canonical form.
+
+    Empty ranges may hold any values; rewriting them as [0, -1] (shared) and T (causal start) keeps
+    them empty through the int32 cast and lets the kernels test visibility without special cases.
+    """
+    t = shared_start.numel()
+    i = torch.arange(t, device=shared_start.device)
+    has_shared = shared_start <= shared_end
+    has_causal = causal_start <= i
+    empty = ~has_shared & ~has_causal
+    bad_shared = has_shared & ((shared_start < 0) | (shared_end >= t))
+    bad_causal = has_causal & (causal_start < 0)
+    bad = empty | bad_shared | bad_causal
+    if bool(bad.any()):  # the single host sync of the validation
+        _raise_first_bad(shared_start, shared_end, causal_start, empty, bad_shared, bad)
+    return (
+        torch.where(has_shared, shared_start, 0).to(torch.int32).contiguous(),
+        torch.where(has_shared, shared_end, -1).to(torch.int32).contiguous(),
+        torch.where(has_causal, causal_start, t).to(torch.int32).contiguous(),
+    )
+
+
+def _raise_first_bad(
+    shared_start: torch.Tensor,
+    shared_end: torch.Tensor,
+    causal_start: torch.Tensor,
+    empty: torch.Tensor,
+    bad_shared: torch.Tensor,
+    bad: torch.Tensor,
+) -> None:
+    t = shared_start.numel()
+    idx = int(bad.nonzero()[0, 0])
+    a, b, s = int(shared_start[idx]), int(shared_end[idx]), int(causal_start[idx])
+    if bool(empty[idx]):
+        raise ValueError(
+            f"query token {idx} has an empty shared range [{a}, {b}] and an empty causal range "
+            f"[{s}, {idx}]: it would attend to no key"
+        )
+    if bool(bad_shared[idx]):
+        raise ValueError(f"query token {idx}: shared range [{a}, {b}] is outside the stream [0, {t - 1}]")
+    raise ValueError(f"query token {idx}: causal range [{s}, {idx}] starts before token 0")
+
+
+def _build_tiles(
+    shared_start: torch.Tensor,
+    shared_end: torch.Tensor,
+    causal_start: torch.Tensor,
+    block_m: int,
+    block_n: int,
+) -> _TileLists:
+    touched, full = _tile_masks(shared_start, shared_end, causal_start, block_m, block_n)
+    partial = touched & ~full
+    return _TileLists(by_query=_visit_lists(full, partial), by_key=_visit_lists(full.t(), partial.t()))
+
+
+def _tile_masks(
+    shared_start: torch.Tensor,
+    shared_end: torch.Tensor,
+    causal_start: torch.Tensor,
+    block_m: int,
+    block_n: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool (query blocks, key blocks) matrices: tile touched by some visible pair / all pairs visible.
+
+    Each query adds +1 over the key-block interval its range touches (or fully covers) in a
+    difference array of its query block's row; a cumulative sum gives per-tile counts. A tile is full
+    when all block_m queries cover it, so the ragged last query block is never full, and the ragged
+    last key block is never fully covered (its end block_n * n_blocks - 1 lies past T - 1).
+    """
+    t = shared_start.numel()
+    device = shared_start.device
+    a = shared_start.long()
+    b = shared_end.long()
+    s = causal_start.long()
+    i = torch.arange(t, device=device)
+    n_m = triton.cdiv(t, block_m)
+    n_n = triton.cdiv(t, block_n)
+    row = i // block_m
+    has_shared = a <= b
+    has_causal = s <= i
+
+    touched = torch.zeros(n_m, n_n + 1, dtype=torch.int32, device=device)
+    _add_block_interval(touched, row, a // block_n, b // block_n, has_shared)
+    _add_block_interval(touched, row, s // block_n, i // block_n, has_causal)
+
+    # Merge the two ranges when they overlap or abut, so a key block straddling them counts as covered.
+    merged = has_shared & has_causal & (s <= b + 1) & (a <= i + 1)
+    lo1 = torch.where(merged, torch.minimum(a, s), a)
+    hi1 = torch.where(merged, torch.maximum(b, i), b)
+    covered = torch.zeros_like(touched)
+    _add_block_interval(
+        covered,
+        row,
+        _ceil_div(lo1, block_n),
+        (hi1 + 1) // block_n - 1,
+        has_shared | merged,
+    )
+    _add_block_interval(
+        covered,
+        row,
+        _ceil_div(s, block_n),
+        (i + 1) // block_n - 1,
+        has_causal & ~merged,
+    )
+
+    touched = touched.cumsum(1)[:, :n_n] > 0
+    full = covered.cumsum(1)[:, :n_n] == block_m
+    return touched, full
+
+
+def _ceil_div(x: torch.Tensor, d: int) -> torch.Tensor:
+    return torch.div(x + d - 1, d, rounding_mode="floor")
+
+
+def _add_block_interval(
+    diff: torch.Tensor,
+    row: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    keep: torch.Tensor,
+) -> None:
+    """diff[row, lo] += 1 and diff[row, hi + 1] -= 1 where keep and lo <= hi (intervals in block units)."""
+    keep = keep & (lo <= hi)
+    weight = keep.to(diff.dtype)
+    width = diff.shape[1]
+    lo = torch.where(keep, lo, 0)
+    end = torch.where(keep, hi + 1, 0)
+    flat = diff.view(-1)
+    flat.index_add_(0, row * width + lo, weight)
+    flat.index_add_(0, row * width + end, -weight)
+
+
+def _visit_lists(full: torch.Tensor, partial: torch.Tensor) -> _VisitLists:
+    full_count, full_index = _compact(full)
+    part_count, part_index = _compact(partial)
+    return _VisitLists(full_count, full_index, part_count, part_index)
+
+
+def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: number of True columns and their indices in ascending order (row-padded)."""
+    count = mask.sum(1, dtype=torch.int32)
+    # A stable sort of the negated mask puts the True columns first, in column order.
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    width = max(int(count.max()), 1) if count.numel() else 1
+    return count.contiguous(), order[:, :width].to(torch.int32).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _visible(i, j, a, b, s):
+    """Key j visible to query i; all arguments broadcast to the tile shape."""
+    return ((j >= a) & (j <= b)) | ((j >= s) & (j <= i))
+
+
+@triton.jit
+def _load_rows(base, offs, stride, ok, offs_d, HEAD_DIM: tl.constexpr):
+    ptrs = base + offs.to(tl.int64)[:, None] * stride + offs_d[None, :]
+    return tl.load(ptrs, mask=ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(base, offs, stride, ok, offs_d, value, HEAD_DIM: tl.constexpr):
+    ptrs = base + offs.to(tl.int64)[:, None] * stride + offs_d[None, :]
+    tl.store(ptrs, value, mask=ok[:, None] & (offs_d < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def _load_ranges(shared_start, shared_end, causal_start, offs, ok):
+    # Rows past the stream get empty ranges, so they see nothing and contribute nothing.
+    a = tl.load(shared_start + offs, mask=ok, other=0)
+    b = tl.load(shared_end + offs, mask=ok, other=-1)
+    s = tl.load(causal_start + offs, mask=ok, other=2147483647)
+    return a, b, s
+
+
+@triton.jit
+def _fwd_tile(
+    acc, m_i, l_i, q, k_base, v_base, n, offs_m, a, b, s,
+    num_tokens, stride_kt, stride_vt, scale_log2,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    MASKED: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    offs_n = n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = offs_n < num_tokens
+    k = _load_rows(k_base, offs_n, stride_kt, col_ok, offs_d, HEAD_DIM)
+    v = _load_rows(v_base, offs_n, stride_vt, col_ok, offs_d, HEAD_DIM)
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+    if MASKED:
+        vis = _visible(offs_m[:, None], offs_n[None, :], a[:, None], b[:, None], s[:, None])
+        qk = tl.where(vis, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # A row that has seen no key yet keeps m = -inf; shift by 0 instead to avoid inf - inf.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_shift = m_new
+    alpha = tl.math.exp2(m_i - m_shift)
+    p = tl.math.exp2(qk - m_shift[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, OUT, LSE,
+    SHARED_START, SHARED_END, CAUSAL_START,
+    FULL_COUNT, FULL_INDEX, PART_COUNT, PART_INDEX, stride_full, stride_part,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    num_tokens, scale_log2,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    # Last query blocks first: under causal masking they tend to carry the most tiles.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    head = tl.program_id(1)
+    kv_head = head // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < num_tokens
+    q = _load_rows(Q + head * stride_qh, offs_m, stride_qt, row_ok, offs_d, HEAD_DIM)
+    a, b, s = _load_ranges(SHARED_START, SHARED_END, CAUSAL_START, offs_m, row_ok)
+    k_base = K + kv_head * stride_kh
+    v_base = V + kv_head * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for it in range(tl.load(FULL_COUNT + pid_m)):
+        n = tl.load(FULL_INDEX + pid_m * stride_full + it)
+        acc, m_i, l_i = _fwd_tile(
+            acc, m_i, l_i, q, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt,
+            scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, False, PRECISION,
+        )  # fmt: skip
+    for it in range(tl.load(PART_COUNT + pid_m)):
+        n = tl.load(PART_INDEX + pid_m * stride_part + it)
+        acc, m_i, l_i = _fwd_tile(
+            acc, m_i, l_i, q, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt,
+            scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, True, PRECISION,
+        )  # fmt: skip
+
+    # Every real row sees at least one key (checked before launch); only padding rows have l == 0.
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    _store_rows(
+        OUT + head * stride_oh,
+        offs_m,
+        stride_ot,
+        row_ok,
+        offs_d,
+        out.to(OUT.dtype.element_ty),
+        HEAD_DIM,
+    )
+    tl.store(LSE + head * num_tokens + offs_m, m_i + tl.math.log2(l_safe), mask=row_ok)
+
+
+@triton.jit
+def _bwd_delta_kernel(
+    OUT, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, num_tokens,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < num_tokens
+    o = _load_rows(OUT + head * stride_oh, offs_m, stride_ot, row_ok, offs_d, HEAD_DIM).to(tl.float32)
+    do = _load_rows(DO + head * stride_doh, offs_m, stride_dot, row_ok, offs_d, HEAD_DIM).to(tl.float32)
+    tl.store(DELTA + head * num_tokens + offs_m, tl.sum(o * do, 1), mask=row_ok)
+
+
+@triton.jit
+def _dkdv_tile(
+    dk, dv, k, v, m, offs_n, q_base, do_base, lse_base, delta_base,
+    SHARED_START, SHARED_END, CAUSAL_START,
+    num_tokens, stride_qt, stride_dot, scale_log2,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    MASKED: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < num_tokens
+    q = _load_rows(q_base, offs_m, stride_qt, row_ok, offs_d, HEAD_DIM)
+    do = _load_rows(do_base, offs_m, stride_dot, row_ok, offs_d, HEAD_DIM)
+    lse = tl.load(lse_base + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+    # Work on the transposed tile (keys x queries) so dK and dV come out of plain dots.
+    qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale_log2
+    if MASKED:
+        a, b, s = _load_ranges(SHARED_START, SHARED_END, CAUSAL_START, offs_m, row_ok)
+        vis = _visible(offs_m[None, :], offs_n[:, None], a[None, :], b[None, :], s[None, :])
+        qk_t = tl.where(vis, qk_t, float("-inf"))
+    p_t = tl.math.exp2(qk_t - lse[None, :])
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA,
+    SHARED_START, SHARED_END, CAUSAL_START,
+    FULL_COUNT, FULL_INDEX, PART_COUNT, PART_INDEX, stride_full, stride_part,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+    num_tokens, scale, scale_log2,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = offs_n < num_tokens
+    k = _load_rows(K + kv_head * stride_kh, offs_n, stride_kt, col_ok, offs_d, HEAD_DIM)
+    v = _load_rows(V + kv_head * stride_vh, offs_n, stride_vt, col_ok, offs_d, HEAD_DIM)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    num_full = tl.load(FULL_COUNT + pid_n)
+    num_part = tl.load(PART_COUNT + pid_n)
+    # The query heads of the GQA group share this K/V block: sum their contributions in registers.
+    for g in range(GROUP):
+        head = kv_head * GROUP + g
+        q_base = Q + head * stride_qh
+        do_base = DO + head * stride_doh
+        lse_base = LSE + head * num_tokens
+        delta_base = DELTA + head * num_tokens
+        for it in range(num_full):
+            m = tl.load(FULL_INDEX + pid_n * stride_full + it)
+            dk, dv = _dkdv_tile(
+                dk, dv, k, v, m, offs_n, q_base, do_base, lse_base, delta_base,
+                SHARED_START, SHARED_END, CAUSAL_START, num_tokens, stride_qt, stride_dot, scale_log2,
+                BLOCK_M, BLOCK_D, HEAD_DIM, False, PRECISION,
+            )  # fmt: skip
+        for it in range(num_part):
+            m = tl.load(PART_INDEX + pid_n * stride_part + it)
+            dk, dv = _dkdv_tile(
+                dk, dv, k, v, m, offs_n, q_base, do_base, lse_base, delta_base,
+                SHARED_START, SHARED_END, CAUSAL_START, num_tokens, stride_qt, stride_dot, scale_log2,
+                BLOCK_M, BLOCK_D, HEAD_DIM, True, PRECISION,
+            )  # fmt: skip
+    dk = dk * scale
+    _store_rows(
+        DK + kv_head * stride_dkh,
+        offs_n,
+        stride_dkt,
+        col_ok,
+        offs_d,
+        dk.to(DK.dtype.element_ty),
+        HEAD_DIM,
+    )
+    _store_rows(
+        DV + kv_head * stride_dvh,
+        offs_n,
+        stride_dvt,
+        col_ok,
+        offs_d,
+        dv.to(DV.dtype.element_ty),
+        HEAD_DIM,
+    )
+
+
+@triton.jit
+def _dq_tile(
+    dq, q, do, lse, delta, k_base, v_base, n, offs_m, a, b, s,
+    num_tokens, stride_kt, stride_vt, scale_log2,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    MASKED: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    offs_n = n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = offs_n < num_tokens
+    k = _load_rows(k_base, offs_n, stride_kt, col_ok, offs_d, HEAD_DIM)
+    v = _load_rows(v_base, offs_n, stride_vt, col_ok, offs_d, HEAD_DIM)
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+    if MASKED:
+        vis = _visible(offs_m[:, None], offs_n[None, :], a[:, None], b[:, None], s[:, None])
+        qk = tl.where(vis, qk, float("-inf"))
+    p = tl.math.exp2(qk - lse[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA,
+    SHARED_START, SHARED_END, CAUSAL_START,
+    FULL_COUNT, FULL_INDEX, PART_COUNT, PART_INDEX, stride_full, stride_part,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh,
+    num_tokens, scale, scale_log2,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    head = tl.program_id(1)
+    kv_head = head // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < num_tokens
+    q = _load_rows(Q + head * stride_qh, offs_m, stride_qt, row_ok, offs_d, HEAD_DIM)
+    do = _load_rows(DO + head * stride_doh, offs_m, stride_dot, row_ok, offs_d, HEAD_DIM)
+    lse = tl.load(LSE + head * num_tokens + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + head * num_tokens + offs_m, mask=row_ok, other=0.0)
+    a, b, s = _load_ranges(SHARED_START, SHARED_END, CAUSAL_START, offs_m, row_ok)
+    k_base = K + kv_head * stride_kh
+    v_base = V + kv_head * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for it in range(tl.load(FULL_COUNT + pid_m)):
+        n = tl.load(FULL_INDEX + pid_m * stride_full + it)
+        dq = _dq_tile(
+            dq, q, do, lse, delta, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt,
+            scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, False, PRECISION,
+        )  # fmt: skip
+    for it in range(tl.load(PART_COUNT + pid_m)):
+        n = tl.load(PART_INDEX + pid_m * stride_part + it)
+        dq = _dq_tile(
+            dq, q, do, lse, delta, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt,
+            scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, True, PRECISION,
+        )  # fmt: skip
+    dq = dq * scale
+    _store_rows(
+        DQ + head * stride_dqh,
+        offs_m,
+        stride_dqt,
+        row_ok,
+        offs_d,
+        dq.to(DQ.dtype.element_ty),
+        HEAD_DIM,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------
+
+
+def interpreted() -> bool:
+    """True when Triton runs its CPU interpreter (TRITON_INTERPRET=1 was set before importing triton)."""
+    return isinstance(_attn_fwd_kernel, InterpretedFunction)
+
+
+def default_config(head_dim: int, dtype: torch.dtype) -> AttentionConfig:
+    """Tile shapes per kernel. Under the interpreter small tiles keep numpy fast. On GPUs these are
+    the largest tiles that compile for sm_90 without register spills (ptxas -v), not timed tunings."""
+    if interpreted():
+        small = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
+        return AttentionConfig(forward=small, dkdv=small, dq=small)
+    if dtype == torch.float32:
+        # IEEE fp32 dots run on FMA units and hold far more registers than 16-bit tensor-core dots.
+        if head_dim <= 64:
+            return AttentionConfig(
+                forward=KernelConfig(64, 32, 8, 1),
+                dkdv=KernelConfig(32, 32, 8, 1),
+                dq=KernelConfig(64, 32, 8, 1),
+            )
+        if head_dim <= 128:
+            return AttentionConfig(
+                forward=KernelConfig(32, 16, 8, 1),
+                dkdv=KernelConfig(16, 32, 4, 1),
+                dq=KernelConfig(32, 32, 8, 1),
+            )
+        tiny = KernelConfig(16, 16, 4, 1)
+        return AttentionConfig(forward=tiny, dkdv=tiny, dq=tiny)
+    if head_dim <= 64:
+        return AttentionConfig(
+            forward=KernelConfig(128, 64, 8, 3),
+            dkdv=KernelConfig(64, 64, 4, 2),
+            dq=KernelConfig(128, 64, 8, 2),
+        )
+    if head_dim <= 128:
+        return AttentionConfig(
+            forward=KernelConfig(128, 64, 8, 2),
+            dkdv=KernelConfig(64, 32, 8, 2),
+            dq=KernelConfig(64, 64, 8, 2),
+        )
+    return AttentionConfig(
+        forward=KernelConfig(64, 32, 8, 1),
+        dkdv=KernelConfig(32, 32, 8, 1),
+        dq=KernelConfig(32, 16, 8, 1),
+    )
+
+
+def _block_d(head_dim: int) -> int:
+    # tl.arange needs a power of two and tl.dot a K dimension of at least 16.
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get true fp32 dots; TF32 would cost about three decimal digits. 16-bit ignores it.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _rows_last_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockCausalLayout) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 3:
+            raise ValueError(f"{name} must have shape (T, heads, head_dim), got {tuple(x.shape)}")
+    if q.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"q must be float16, bfloat16 or float32, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device == layout.device):
+        raise ValueError(
+            f"q, k, v and the ranges must be on one device, got {q.device}, {k.device}, {v.device}, {layout.device}"
+        )
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    t, hq, d = q.shape
+    if k.shape[0] != t or layout.num_tokens != t:
+        raise ValueError(
+            f"q, k/v and the ranges must have the same number of tokens, got {t}, {k.shape[0]}, {layout.num_tokens}"
+        )
+    if k.shape[2] != d:
+        raise ValueError(f"q and k/v must have the same head_dim, got {d} and {k.shape[2]}")
+    if d > _MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {d} is larger than the supported {_MAX_HEAD_DIM}")
+    hkv = k.shape[1]
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
+    if q.device.type == "cpu" and not interpreted():
+        raise RuntimeError(
+            "block_causal_attention got CPU tensors but Triton is not in interpreter mode; set "
+            "TRITON_INTERPRET=1 before importing triton, or move the tensors to a GPU"
+        )
+
+
+def _forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BlockCausalLayout,
+    scale: float,
+    config: KernelConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    t, hq, d = q.shape
+    lists = layout.tiles(config.block_m, config.block_n).by_query
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(hq, t, dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(t, config.block_m), hq)
+    _attn_fwd_kernel[grid](
+        q, k, v, out, lse,
+        layout.shared_start, layout.shared_end, layout.causal_start,
+        lists.full_count, lists.full_index, lists.part_count, lists.part_index,
+        lists.full_index.stride(0), lists.part_index.stride(0),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1),
+        t, scale * _LOG2E,
+        GROUP=hq // k.shape[1], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_D=_block_d(d), HEAD_DIM=d, PRECISION=_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+    return out, lse
+
+
+def _backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    layout: BlockCausalLayout,
+    scale: float,
+    config: AttentionConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dout = _rows_last_contiguous(dout)
+    delta = _delta(out, dout, config.dq)
+    dk, dv = _dkdv(dout, q, k, v, lse, delta, layout, scale, config.dkdv)
+    dq = _dq(dout, q, k, v, lse, delta, layout, scale, config.dq)
+    return dq, dk, dv
+
+
+def _delta(out: torch.Tensor, dout: torch.Tensor, config: KernelConfig) -> torch.Tensor:
+    t, hq, d = out.shape
+    delta = torch.empty(hq, t, dtype=torch.float32, device=out.device)
+    _bwd_delta_kernel[(triton.cdiv(t, config.block_m), hq)](
+        out, dout, delta, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), t,
+        BLOCK_M=config.block_m, BLOCK_D=_block_d(d), HEAD_DIM=d, num_warps=config.num_warps,
+    )  # fmt: skip
+    return delta
+
+
+def _dkdv(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    layout: BlockCausalLayout,
+    scale: float,
+    config: KernelConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    t, hq, d = q.shape
+    lists = layout.tiles(config.block_m, config.block_n).by_key
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    _attn_bwd_dkdv_kernel[(triton.cdiv(t, config.block_n), k.shape[1])](
+        q, k, v, dout, dk, dv, lse, delta,
+        layout.shared_start, layout.shared_end, layout.causal_start,
+        lists.full_count, lists.full_index, lists.part_count, lists.part_index,
+        lists.full_index.stride(0), lists.part_index.stride(0),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        t, scale, scale * _LOG2E,
+        GROUP=hq // k.shape[1], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_D=_block_d(d), HEAD_DIM=d, PRECISION=_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+    return dk, dv
+
+
+def _dq(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    layout: BlockCausalLayout,
+    scale: float,
+    config: KernelConfig,
+) -> torch.Tensor:
+    t, hq, d = q.shape
+    lists = layout.tiles(config.block_m, config.block_n).by_query
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    _attn_bwd_dq_kernel[(triton.cdiv(t, config.block_m), hq)](
+        q, k, v, dout, dq, lse, delta,
+        layout.shared_start, layout.shared_end, layout.causal_start,
+        lists.full_count, lists.full_index, lists.part_count, lists.part_index,
+        lists.full_index.stride(0), lists.part_index.stride(0),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
+        t, scale, scale * _LOG2E,
+        GROUP=hq // k.shape[1], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_D=_block_d(d), HEAD_DIM=d, PRECISION=_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+    return dq
+
+
+class BlockCausalAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper; call through block_causal_attention, which validates the inputs."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layout: BlockCausalLayout,
+        scale: float,
+        config: AttentionConfig,
+    ) -> torch.Tensor:
+        out, lse = _forward(q, k, v, layout, scale, config.forward)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.layout = layout
+        ctx.scale = scale
+        ctx.config = config
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(dout, q, k, v, out, lse, ctx.layout, ctx.scale, ctx.config)
+        return dq, dk, dv, None, None, None
+
+
+def block_causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    shared_start: torch.Tensor,
+    shared_end: torch.Tensor,
+    causal_start: torch.Tensor,
+    scale: float | None = None,
+    *,
+    layout: BlockCausalLayout | None = None,
+    config: AttentionConfig | None = None,
+) -> torch.Tensor:
+    """Attention of one packed stream where query i sees keys in [shared_start[i], shared_end[i]]
+    (empty when shared_end[i] < shared_start[i]) and in [causal_start[i], i].
+
+    q: (T, Hq, D); k, v: (T, Hkv, D) with Hq a multiple of Hkv (GQA); float16, bfloat16 or float32.
+    Range tensors: int32 (int64 accepted) of shape (T,). scale defaults to 1 / sqrt(D).
+    layout: a BlockCausalLayout built from the same three ranges, to reuse its validation and tile
+    lists across calls (the range arguments are then ignored). config: tile shapes, default_config().
+    Returns (T, Hq, D) in q's dtype. Raises ValueError, before any launch, naming the first query
+    token whose both ranges are empty.
+    """
+    if layout is None:
+        layout = BlockCausalLayout(shared_start, shared_end, causal_start)
+    _check_inputs(q, k, v, layout)
+    d = q.shape[2]
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    config = config or default_config(d, q.dtype)
+    q, k, v = (_rows_last_contiguous(x) for x in (q, k, v))
+    return BlockCausalAttentionFunction.apply(q, k, v, layout, scale, config)

@@ -1,0 +1,192 @@
+"""transformers integration: ``attn_implementation="llmjepa_block_causal"``.
+
+After ``register()``, a model set to this implementation takes the visibility ranges as extra keyword
+arguments of its forward, which transformers hands on to every attention layer::
+
+    model.set_attn_implementation(ATTENTION_NAME)
+    model(input_ids=ids, position_ids=pos, shared_start=a, shared_end=b, causal_start=s)
+
+Range shapes: (T,) or (1, T) for one packed stream in a batch of 1; (B, L) for B rows, each row its
+own stream with ranges local to the row (0..L-1): row r is offset by r * L and the B rows run as one
+stream of B * L tokens, so no query ever sees another row. Tokens of a row that are padding still
+need a non-empty range (e.g. causal_start = i) and their outputs are simply ignored.
+
+No dense mask is built: the mask function registered under the same name returns None (transformers
+5.23 would also skip mask creation for a name it does not know, but registering makes the intent
+explicit and lets us reject padding masks, which this implementation cannot honour).
+
+On CPU without the Triton interpreter (TRITON_INTERPRET=1), attention falls back to PyTorch SDPA with
+a dense boolean mask built from the same ranges; this fallback is for debugging, it is O(T^2) memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from .block_causal_attention import BlockCausalLayout, block_causal_attention, interpreted
+
+__all__ = ["ATTENTION_NAME", "block_causal_attention_forward", "no_dense_mask", "register"]
+
+ATTENTION_NAME = "llmjepa_block_causal"
+_RANGE_NAMES = ("shared_start", "shared_end", "causal_start")
+
+
+def register() -> None:
+    """Register the attention and mask functions under ATTENTION_NAME; calling it again is harmless."""
+    AttentionInterface.register(ATTENTION_NAME, block_causal_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, no_dense_mask)
+
+
+def no_dense_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function=None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> None:
+    """Mask function for transformers' mask interface: visibility comes from the ranges, so no mask."""
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError(
+            f"{ATTENTION_NAME} does not take padding masks: express visibility with shared_start, "
+            "shared_end and causal_start (padding tokens can keep causal_start = i) and drop attention_mask"
+        )
+    return None
+
+
+class _LayoutCache:
+    """The last layout built, keyed on the identity and version of the user's range tensors.
+
+    transformers calls the attention once per layer with the same range tensors; building the layout
+    validates on the host (one sync) and computes tile lists, so do it once per forward. Holding the
+    tensors keeps their ids from being reused by new tensors while the entry lives.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._tensors: tuple[torch.Tensor, ...] = ()
+        self._layout: BlockCausalLayout | None = None
+
+    def get(self, ranges: tuple[torch.Tensor, ...], batch: int, length: int, device: torch.device):
+        key = (tuple(id(t) for t in ranges), tuple(t._version for t in ranges), batch, length, device)
+        if self._key != key:
+            self._layout = _build_layout(ranges, batch, length, device)
+            self._key = key
+            self._tensors = ranges
+        return self._layout
+
+
+_CACHE = _LayoutCache()
+
+
+def _build_layout(ranges: tuple[torch.Tensor, ...], batch: int, length: int, device: torch.device) -> BlockCausalLayout:
+    flat = []
+    for name, tensor in zip(_RANGE_NAMES, ranges):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be int32 or int64, got {tensor.dtype}")
+        tensor = tensor.to(device)
+        if batch == 1 and tensor.dim() == 1:
+            tensor = tensor[None]
+        if tuple(tensor.shape) != (batch, length):
+            raise ValueError(
+                f"{name} must have shape ({batch}, {length}) (or ({length},) when the batch is 1), "
+                f"got {tuple(tensor.shape)}"
+            )
+        flat.append(tensor.long())
+    a, b, s = flat
+    if batch > 1:
+        _check_rows_stay_local(a, b, s, length)
+        offset = torch.arange(batch, device=device)[:, None] * length
+        a, b, s = a + offset, b + offset, s + offset
+    return BlockCausalLayout(*(x.reshape(-1).to(torch.int32) for x in (a, b, s)))
+
+
+def _check_rows_stay_local(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, length: int) -> None:
+    """With B rows, a range must stay inside its row, else it would reach into the next one."""
+    bad = ((a <= b) & ((a < 0) | (b >= length))) | (s < 0)
+    if bool(bad.any()):
+        row, col = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"row {row}, token {col}: ranges shared [{int(a[row, col])}, {int(b[row, col])}] / causal "
+            f"start {int(s[row, col])} must lie inside the row [0, {length - 1}]"
+        )
+
+
+def _torch_block_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockCausalLayout, scale: float | None
+) -> torch.Tensor:
+    """Dense-mask PyTorch equivalent of block_causal_attention, for CPU runs without Triton."""
+    t = q.shape[0]
+    i = torch.arange(t, device=q.device)
+    j = i[None, :]
+    a, b, s = (x.long()[:, None] for x in (layout.shared_start, layout.shared_end, layout.causal_start))
+    mask = ((j >= a) & (j <= b)) | ((j >= s) & (j <= i[:, None]))
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1),
+        k.transpose(0, 1),
+        v.transpose(0, 1),
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out.transpose(0, 1)
+
+
+def _use_triton(device: torch.device) -> bool:
+    return device.type == "cuda" or interpreted()
+
+
+def block_causal_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    shared_start: torch.Tensor | None = None,
+    shared_end: torch.Tensor | None = None,
+    causal_start: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: query (B, Hq, L, D), key/value (B, Hkv, L, D) -> (B, L, Hq, D)."""
+    ranges = (shared_start, shared_end, causal_start)
+    if any(r is None for r in ranges):
+        missing = [name for name, r in zip(_RANGE_NAMES, ranges) if r is None]
+        raise ValueError(
+            f"{ATTENTION_NAME} needs shared_start, shared_end and causal_start passed to the model's "
+            f"forward; missing: {missing}"
+        )
+    if attention_mask is not None:
+        raise ValueError(
+            f"{ATTENTION_NAME} got an attention mask of shape {tuple(attention_mask.shape)}; it takes "
+            "visibility only from the ranges, so pass no attention_mask"
+        )
+    if dropout:
+        raise NotImplementedError(f"{ATTENTION_NAME} has no attention dropout (got {dropout})")
+    for name in ("sliding_window", "softcap"):
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"{ATTENTION_NAME} does not support {name}={kwargs[name]}")
+    batch, q_heads, length, head_dim = query.shape
+    if key.shape[2] != length:
+        raise NotImplementedError(
+            f"{ATTENTION_NAME} needs as many keys as queries (no KV cache), got {key.shape[2]} and {length}"
+        )
+    layout = _CACHE.get(ranges, batch, length, query.device)
+    q = query.transpose(1, 2).reshape(batch * length, q_heads, head_dim)
+    k = key.transpose(1, 2).reshape(batch * length, key.shape[1], head_dim)
+    v = value.transpose(1, 2).reshape(batch * length, value.shape[1], head_dim)
+    if _use_triton(query.device):
+        out = block_causal_attention(
+            q, k, v, layout.shared_start, layout.shared_end, layout.causal_start, scaling, layout=layout
+        )
+    else:
+        out = _torch_block_causal_attention(q, k, v, layout, scaling)
+    return out.reshape(batch, length, q_heads, head_dim), None
