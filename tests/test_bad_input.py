@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from llmjepa.cli import main
 
@@ -19,15 +18,6 @@ USER = {"role": "user", "content": "What is 1 + 1?"}
 ANSWER = {"role": "assistant", "content": "1 + 1 = 2.\n\nThe answer is 2."}
 GOOD = json.dumps({"messages": [SYSTEM, USER, ANSWER]})
 TRAIN = ["--batch_size", "2", "--grad_accum", "1", "--max_train_steps", "2"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model trains fastest on one thread, and far faster than on two when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from llmjepa.cli import main
 from llmjepa.default_model import sample_data_path
@@ -30,15 +29,6 @@ REQUIRED_KEYS = (
     "peak_memory_mib",
 )
 FEW_STEPS = ["--batch_size", "2", "--grad_accum", "1", "--max_train_steps", "3"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model trains fastest on one thread, and far faster than on two when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[str, str]:

@@ -14,7 +14,6 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-import torch
 
 from llmjepa import parity
 from llmjepa.cli import parse_args
@@ -33,14 +32,10 @@ OUT = Path("unset")  # the module's scratch folder, set by the fixture below
 
 @pytest.fixture(scope="module", autouse=True)
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A scratch folder, and one intra-op thread: on 2 shared cores, 2 threads that wait on each
-    other's spinning ran these runs 3-5x slower (measured); the tiny model gains nothing from 2."""
+    """A scratch folder shared by the module's runs."""
     global OUT
     OUT = tmp_path_factory.mktemp("parity")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 def flags(mode_flags: list[str], grad_accum: int, name: str, steps: int = STEPS) -> list[str]:

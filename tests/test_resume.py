@@ -26,15 +26,6 @@ MODES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model trains fastest on one thread, and far faster than on two when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
     capsys.readouterr()
     rc = main([str(a) for a in argv])
