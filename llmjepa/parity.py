@@ -138,12 +138,9 @@ def hook_callback(get_record: Callable[[], dict | None], hook: StepHook | None) 
 # ---- configuration A, or B = --regular: our trainer ---------------------------------------
 def run_ours(args: argparse.Namespace, hook: StepHook | None = None) -> list[dict]:
     """Train with llmjepa's JepaTrainer for args.max_train_steps; return its per-step records."""
-    from transformers import set_seed
-
     from .run import build_run, prepare_metrics_file
 
-    set_seed(args.finetune_seed)  # tokens added to a checkpoint get embeddings drawn from this
-    run = build_run(args)
+    run = build_run(args)  # seeds before loading the model (see run.load_model_from_args)
     trainer = run.trainer
     prepare_metrics_file(run.metrics_path, None)
     quiet_trainer(trainer)
@@ -209,14 +206,13 @@ def build_hf_sft(args: argparse.Namespace) -> Any:
     """A plain transformers.Trainer doing SFT on what --regular trains on: the same encoded view-1
     ids and labels, model and weights, TrainingArguments (optimizer, schedule, clipping, seed,
     sampler, drop_last). Returns the trainer; `records` on it fills during train()."""
-    from transformers import set_seed
-
-    from .model import ModelSpec, load_model, load_tokenizer
+    from .model import load_tokenizer
     from .run import (
+        check_enough,
         encode_split,
         load_data,
+        load_model_from_args,
         resolve_device_defaults,
-        set_attention_dropout,
         training_arguments,
         view_config,
     )
@@ -225,20 +221,8 @@ def build_hf_sft(args: argparse.Namespace) -> Any:
     tokenizer = load_tokenizer(args.model_name)
     train_examples, _, source = load_data(args)
     train_set = encode_split(train_examples, tokenizer, view_config(args), source)
-    if len(train_set) < args.batch_size:
-        raise UserError(f"{source}: {len(train_set)} examples, fewer than one batch of {args.batch_size}")
-    set_seed(args.finetune_seed)
-    spec = ModelSpec(
-        args.model_name,
-        pretrain=args.pretrain,
-        lora=args.lora,
-        lora_rank=args.lora_rank,
-        dtype=dtype,
-        seed=args.finetune_seed,
-    )
-    model = load_model(spec, tokenizer)
-    if args.dropout is not None:
-        set_attention_dropout(model, args.dropout)
+    check_enough(train_set, args.batch_size, source)
+    model = load_model_from_args(args, tokenizer, dtype)
     trainer = recording_trainer_class()(
         model=model,
         args=training_arguments(args, len(train_set), False, checkpointing),

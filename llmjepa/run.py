@@ -186,6 +186,27 @@ def set_attention_dropout(model: torch.nn.Module, dropout: float) -> None:
             module.attention_dropout = dropout
 
 
+def check_enough(train_set: list[Encoded], batch_size: int, source: str) -> None:
+    if len(train_set) < batch_size:
+        raise UserError(f"{source}: {len(train_set)} examples, fewer than one batch of {batch_size}")
+
+
+def load_model_from_args(args: argparse.Namespace, tokenizer, dtype: str) -> torch.nn.Module:
+    spec = ModelSpec(
+        args.model_name,
+        pretrain=args.pretrain,
+        lora=args.lora,
+        lora_rank=args.lora_rank,
+        dtype=dtype,
+        seed=args.finetune_seed,
+    )
+    set_seed(args.finetune_seed)  # rows added for new tokens are random: same seed, same start
+    model = load_model(spec, tokenizer)
+    if args.dropout is not None:
+        set_attention_dropout(model, args.dropout)
+    return model
+
+
 @dataclass
 class Run:
     trainer: JepaTrainer
@@ -199,20 +220,8 @@ def build_run(args: argparse.Namespace) -> Run:
     train_examples, eval_examples, source = load_data(args)
     train_set = encode_split(train_examples, tokenizer, cfg, source)
     eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source) if eval_examples else None
-    if len(train_set) < args.batch_size:
-        raise UserError(f"{source}: {len(train_set)} examples, fewer than one batch of {args.batch_size}")
-    spec = ModelSpec(
-        args.model_name,
-        pretrain=args.pretrain,
-        lora=args.lora,
-        lora_rank=args.lora_rank,
-        dtype=dtype,
-        seed=args.finetune_seed,
-    )
-    set_seed(args.finetune_seed)  # rows added for new tokens are random: same seed, same start
-    model = load_model(spec, tokenizer)
-    if args.dropout is not None:
-        set_attention_dropout(model, args.dropout)
+    check_enough(train_set, args.batch_size, source)
+    model = load_model_from_args(args, tokenizer, dtype)
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     trainer = JepaTrainer(
