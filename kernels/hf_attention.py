@@ -170,13 +170,13 @@ def block_causal_attention_forward(
             "visibility only from the ranges, so pass no attention_mask"
         )
     if dropout:
-        raise NotImplementedError(f"{ATTENTION_NAME} has no attention dropout (got {dropout})")
+        raise ValueError(f"{ATTENTION_NAME} has no attention dropout (got {dropout})")
     for name in ("sliding_window", "softcap"):
         if kwargs.get(name) is not None:
-            raise NotImplementedError(f"{ATTENTION_NAME} does not support {name}={kwargs[name]}")
+            raise ValueError(f"{ATTENTION_NAME} does not support {name}={kwargs[name]}")
     batch, q_heads, length, head_dim = query.shape
     if key.shape[2] != length:
-        raise NotImplementedError(
+        raise ValueError(
             f"{ATTENTION_NAME} needs as many keys as queries (no KV cache), got {key.shape[2]} and {length}"
         )
     layout = _CACHE.get(ranges, batch, length, query.device)
