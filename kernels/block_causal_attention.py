@@ -309,12 +309,13 @@ def _load_ranges(shared_start, shared_end, causal_start, offs, ok):
 
 
 @triton.jit
-def _fwd_tile(
-    acc, m_i, l_i, q, k_base, v_base, n, offs_m, a, b, s,
+def _key_tile_scores(
+    q, k_base, v_base, n, offs_m, a, b, s,
     num_tokens, stride_kt, stride_vt, scale_log2,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
+    """K and V of key block n, and the query block's log2-scaled scores against it (-inf where hidden)."""
     offs_n = n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     col_ok = offs_n < num_tokens
@@ -324,11 +325,25 @@ def _fwd_tile(
     if MASKED:
         vis = _visible(offs_m[:, None], offs_n[None, :], a[:, None], b[:, None], s[:, None])
         qk = tl.where(vis, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+    return k, v, qk
+
+
+@triton.jit
+def _fwd_tile(
+    acc, m_i, l_i, q, k_base, v_base, n, offs_m, a, b, s,
+    num_tokens, stride_kt, stride_vt, scale_log2,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    MASKED: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    k, v, qk = _key_tile_scores(
+        q, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt, scale_log2,
+        BLOCK_N, BLOCK_D, HEAD_DIM, MASKED, PRECISION,
+    )  # fmt: skip
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    if MASKED:
         # A row that has seen no key yet keeps m = -inf; shift by 0 instead to avoid inf - inf.
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_shift = m_new
     alpha = tl.math.exp2(m_i - m_shift)
     p = tl.math.exp2(qk - m_shift[:, None])
@@ -505,15 +520,10 @@ def _dq_tile(
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    offs_n = n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    col_ok = offs_n < num_tokens
-    k = _load_rows(k_base, offs_n, stride_kt, col_ok, offs_d, HEAD_DIM)
-    v = _load_rows(v_base, offs_n, stride_vt, col_ok, offs_d, HEAD_DIM)
-    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-    if MASKED:
-        vis = _visible(offs_m[:, None], offs_n[None, :], a[:, None], b[:, None], s[:, None])
-        qk = tl.where(vis, qk, float("-inf"))
+    k, v, qk = _key_tile_scores(
+        q, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt, scale_log2,
+        BLOCK_N, BLOCK_D, HEAD_DIM, MASKED, PRECISION,
+    )  # fmt: skip
     p = tl.math.exp2(qk - lse[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta[:, None])
