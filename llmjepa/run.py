@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import TrainingArguments, set_seed
 
 from .collate import ViewCollator
@@ -247,7 +248,17 @@ def train(args: argparse.Namespace) -> JepaTrainer:
     run.trainer.train(resume_from_checkpoint=resume_from)
     if run.trainer.is_world_process_zero():
         finish(args, run)
+    end_process_group()
     return run.trainer
+
+
+def end_process_group() -> None:
+    """Under torchrun: wait for rank 0's saving, then close the process group. A rank that exits with
+    the group open can abort in gloo's teardown ("terminate called without an active exception",
+    seen in CI on 2026-11-24), failing the whole launch."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def finish(args: argparse.Namespace, run: Run) -> None:

@@ -237,8 +237,10 @@ def test_matches_dense_reference(case: int) -> None:
     got = kernel_with_grads(q, k, v, dout, layout, config=config)
     magnitudes = reference_magnitudes(q, k, v, dout, mask)
     # Bound: twice PyTorch's own error in this dtype, plus a floor. With a handful of tokens that
-    # baseline is noisy, so the fp16 floor is one fp16 rounding unit (2**-11), which any fp16 output has.
-    floor = 1e-6 if dtype == torch.float32 else 2**-11
+    # baseline is noisy, so the fp16 floor is two fp16 rounding units (2 * 2**-11): one for the output,
+    # one for P and dS, which the kernel rounds to fp16 before its matrix products as FlashAttention
+    # does (CPU torch rounds once). One unit failed in CI: T=2, fp16, dk error 9.5e-4 vs torch 2.0e-4.
+    floor = 1e-6 if dtype == torch.float32 else 2**-10
     for name, x, r, base, mag in zip(("out", "dq", "dk", "dv"), got, ref, torch_low, magnitudes):
         assert x.dtype == dtype and x.shape == r.shape, f"{name}: {x.dtype} {tuple(x.shape)}; {note}"
         assert torch.isfinite(x).all(), f"{name} has non-finite values; {note}"
