@@ -32,6 +32,7 @@ __all__ = ["ATTENTION_NAME", "block_causal_attention_forward", "no_dense_mask", 
 
 ATTENTION_NAME = "llmjepa_block_causal"
 _RANGE_NAMES = ("shared_start", "shared_end", "causal_start")
+BACKENDS = ("auto", "triton", "torch")
 
 
 def register() -> None:
@@ -154,9 +155,13 @@ def block_causal_attention_forward(
     shared_start: torch.Tensor | None = None,
     shared_end: torch.Tensor | None = None,
     causal_start: torch.Tensor | None = None,
+    block_causal_backend: str = "auto",
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """transformers attention function: query (B, Hq, L, D), key/value (B, Hkv, L, D) -> (B, L, Hq, D)."""
+    """transformers attention function: query (B, Hq, L, D), key/value (B, Hkv, L, D) -> (B, L, Hq, D).
+
+    block_causal_backend: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton"
+    or "torch" (the dense-mask PyTorch form: a CPU training run under the interpreter would be slow)."""
     ranges = (shared_start, shared_end, causal_start)
     if any(r is None for r in ranges):
         missing = [name for name, r in zip(_RANGE_NAMES, ranges) if r is None]
@@ -183,7 +188,10 @@ def block_causal_attention_forward(
     q = query.transpose(1, 2).reshape(batch * length, q_heads, head_dim)
     k = key.transpose(1, 2).reshape(batch * length, key.shape[1], head_dim)
     v = value.transpose(1, 2).reshape(batch * length, value.shape[1], head_dim)
-    if _use_triton(query.device):
+    if block_causal_backend not in BACKENDS:
+        raise ValueError(f"block_causal_backend must be one of {BACKENDS}, got {block_causal_backend!r}")
+    triton_wanted = block_causal_backend == "triton" or (block_causal_backend == "auto" and _use_triton(query.device))
+    if triton_wanted:
         out = block_causal_attention(
             q, k, v, layout.shared_start, layout.shared_end, layout.causal_start, scaling, layout=layout
         )

@@ -89,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="continue",
         help="Code's positions under --additive_mask: continue after Text (upstream) or restart at 0",
     )
-    ours.add_argument("--impl", choices=["reference"], default="reference", help="executor of the views")
+    ours.add_argument(
+        "--impl",
+        choices=["reference", "fast"],
+        default=None,
+        help="executor of the views: reference (padded rows, dense masks, upstream semantics) or fast (one "
+        "packed stream, Triton attention on CUDA); default: fast where CUDA and Triton are present",
+    )
     ours.add_argument("--max_train_steps", type=int, default=-1)
     ours.add_argument("--logging_steps", type=int, default=1)
     ours.add_argument("--save_steps", type=int, default=0, help="checkpoint every N steps (0: every epoch)")
@@ -122,6 +128,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--regular trains without views; it contradicts {', '.join(given)}")
     if args.lbd is None:
         args.lbd = 0.1
+    if args.impl is None:
+        args.impl = "fast" if fast_path_available() else "reference"
     if sum([args.jepa_l2, args.jepa_mse, args.infonce]) > 1:
         raise UserError("choose one of --jepa_l2, --jepa_mse, --infonce")
     if args.train_all and args.upstream_labels:
@@ -156,6 +164,15 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if path_like and not os.path.isdir(args.model_name):
         raise UserError(f"--model_name {args.model_name}: no such local directory")
     return args
+
+
+def fast_path_available() -> bool:
+    """CUDA and Triton: where --impl fast is the default."""
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,7 +15,8 @@ from transformers import TrainingArguments, set_seed
 from .collate import ViewCollator
 from .data import load_examples, split_examples
 from .errors import UserError
-from .execute import run_reference
+from .execute import Executor, run_reference
+from .fast import check_fast_supported, run_fast
 from .model import ModelSpec, load_model, load_tokenizer
 from .plots import plot_curves
 from .trainer import JepaTrainer, LossConfig
@@ -53,6 +54,7 @@ def loss_config(args: argparse.Namespace) -> LossConfig:
         jepa_ratio=args.jepa_ratio,
         seed=args.finetune_seed,
         debug=args.debug,
+        fused_pair_loss=fused_pair_loss(args),
     )
 
 
@@ -200,12 +202,34 @@ def load_model_from_args(args: argparse.Namespace, tokenizer, dtype: str) -> tor
         lora_rank=args.lora_rank,
         dtype=dtype,
         seed=args.finetune_seed,
+        attn_implementation=register_fast_attention() if args.impl == "fast" else "sdpa",
     )
     set_seed(args.finetune_seed)  # rows added for new tokens are random: same seed, same start
     model = load_model(spec, tokenizer)
     if args.dropout is not None:
         set_attention_dropout(model, args.dropout)
+    if args.impl == "fast":
+        check_fast_supported(model)
     return model
+
+
+def register_fast_attention() -> str:
+    """Register the block-causal attention with transformers; returns its attn_implementation name."""
+    try:
+        from llmjepa_kernels import hf_attention
+    except ImportError as e:
+        raise UserError(f"--impl fast needs triton ({e}): pip install 'llmjepa[triton]'") from e
+    hf_attention.register()
+    return hf_attention.ATTENTION_NAME
+
+
+def executor_for(args: argparse.Namespace, pad_token_id: int) -> Executor:
+    return partial(run_fast if args.impl == "fast" else run_reference, pad_token_id=pad_token_id)
+
+
+def fused_pair_loss(args: argparse.Namespace) -> bool:
+    """The fused JEPA loss kernel with the fast path, where Triton runs: CUDA, or its CPU interpreter."""
+    return args.impl == "fast" and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @dataclass
@@ -232,7 +256,7 @@ def build_run(args: argparse.Namespace) -> Run:
         eval_dataset=eval_set,
         data_collator=ViewCollator(cfg, predictor_ids, args.jepa_ratio, args.finetune_seed),
         processing_class=tokenizer,
-        executor=partial(run_reference, pad_token_id=tokenizer.pad_token_id),
+        executor=executor_for(args, tokenizer.pad_token_id),
         loss_config=loss_config(args),
         metrics_path=metrics_path,
         track_flops=args.track_flop,

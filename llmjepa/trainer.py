@@ -26,6 +26,8 @@ from .execute import Executed, Executor
 from .losses import jepa_pair_losses
 from .plan import ViewPlan
 
+FUSED_KINDS = ("cosine", "l2", "mse")  # infonce compares every pair with every other: PyTorch
+
 
 @dataclass
 class LossConfig:
@@ -36,6 +38,7 @@ class LossConfig:
     jepa_ratio: float = -1.0  # > 0: each microbatch runs its views with this probability
     seed: int = 42
     debug: int = 0  # print every microbatch of the first `debug` optimizer steps
+    fused_pair_loss: bool = False  # cosine/l2/mse through llmjepa_kernels' fused kernel (needs Triton)
 
 
 @dataclass
@@ -133,11 +136,19 @@ class JepaTrainer(Trainer):
         lm = out.ce_sum / max(label_tokens, 1)
         if plan.n_pairs == 0:
             return (lm if cfg.regular else cfg.gamma * lm), out.ce_sum, out.ce_sum.new_zeros(()), None
-        pred, target = out.hidden[out.pred_index], out.hidden[out.target_index]
-        terms, cos = jepa_pair_losses(pred, target, cfg.jepa_kind)
-        jepa_sum = terms.sum()
+        jepa_sum, cos = self.pair_loss_sum(out)
         loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
         return loss, out.ce_sum, jepa_sum, cos
+
+    def pair_loss_sum(self, out: Executed) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the JEPA terms over the plan's pairs, per-pair cosines): fused kernel or PyTorch."""
+        kind = self.loss_config.jepa_kind
+        if self.loss_config.fused_pair_loss and kind in FUSED_KINDS:
+            from llmjepa_kernels import cosine_jepa_loss
+
+            return cosine_jepa_loss(out.hidden, out.pred_index, out.target_index, reduction="sum", kind=kind)
+        terms, cos = jepa_pair_losses(out.hidden[out.pred_index], out.hidden[out.target_index], kind)
+        return terms.sum(), cos
 
     def compute_loss(
         self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None

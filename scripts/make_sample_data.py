@@ -297,7 +297,8 @@ def rectangle(rng: random.Random) -> tuple[str, list[str]]:
     cost = rng.randint(2, 9)
     question = (
         f"A rectangular yard is {length} meters long and {width} meters wide. A fence goes all around it with a "
-        f"post every {'meter' if post_gap == 1 else f'{post_gap} meters'}, and each post costs ${cost}. How much do the posts cost in dollars?"
+        f"post every {'meter' if post_gap == 1 else f'{post_gap} meters'}, and each post costs ${cost}. "
+        "How much do the posts cost in dollars?"
     )
     steps = [
         f"Length plus width is {eq(f'{length} + {width}', half)} meters.",

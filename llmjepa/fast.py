@@ -1,0 +1,238 @@
+"""The fast executor: a microbatch's views as one packed, padding-free stream, run once.
+
+`run_reference` pads every view to one length, builds a dense (rows, 1, L, L) mask and computes
+logits for every row. `run_fast` returns the same `Executed` (same losses, same embeddings) while
+running only what the losses read:
+
+- Packing. Every row's tokens go back to back into one stream of T tokens (no padding). Each token
+  keeps its position id, and its visibility becomes the kernels' per-token key ranges, shifted to
+  stream indices (`pack_plan`).
+- Prefix sharing. A row whose first n tokens repeat view 1 (same tokens, same positions, causal
+  from 0: `ViewRow.prefix_source`) does not recompute them: its later tokens see view 1's keys for
+  that prefix through their shared range. Their K and V are the same numbers, so attention is too.
+- View truncation. Of a row other than view 1, only tokens that a pair reads, or that such a token
+  sees (transitively), are kept: the Text view ends at its predictor, the Step-JEPA target view
+  loses step 0 (never a target) and everything after the last target.
+- Logits only where labels are. The backbone returns hidden states; view 1's label positions go
+  through the LM head in chunks with the cross entropy, each chunk recomputed in backward
+  (checkpointed), so no (tokens x vocab) logits tensor exists.
+
+Attention runs through `llmjepa_kernels.hf_attention` (the Triton kernel on CUDA; on CPU its
+PyTorch form of the same ranges, so this path runs and is tested everywhere).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .errors import UserError
+from .execute import Executed, model_dtype_device
+from .losses import token_cross_entropy_sum
+from .plan import IGNORE_INDEX, ViewPlan, ViewRow, check_row
+
+LOGITS_PER_CHUNK = 2**26  # chunk tokens x vocab: 256 MiB of float32 logits at a time
+# Config fields of LM heads that do more than a linear layer; the fast path's loss is lm_head alone.
+LM_HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+@dataclass
+class PackedStream:
+    """One microbatch as a stream of T tokens; ranges are stream indices (see plan.py)."""
+
+    input_ids: torch.Tensor  # (T,)
+    position_ids: torch.Tensor  # (T,)
+    shared_start: torch.Tensor  # (T,)
+    shared_end: torch.Tensor  # (T,)
+    causal_start: torch.Tensor  # (T,)
+    label_index: torch.Tensor  # (n,) stream tokens whose hidden state predicts a label
+    label_target: torch.Tensor  # (n,) the labels they predict
+    pred_index: torch.Tensor  # (pairs,)
+    target_index: torch.Tensor  # (pairs,)
+
+    def to(self, device: torch.device) -> "PackedStream":
+        return PackedStream(**{name: t.to(device) for name, t in vars(self).items()})
+
+    @property
+    def n_tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+def needed_tokens(row: ViewRow, read: set[int]) -> list[bool]:
+    """Tokens of a row that the tokens in `read` see, transitively (a causal-range row: one sweep).
+
+    Going down the row, `reach` is the lowest causal start among needed tokens at or after the
+    current one; a token is needed when it is read or some needed later token's range covers it."""
+    keep = [False] * len(row)
+    reach = len(row)
+    for j in range(len(row) - 1, -1, -1):
+        if j in read or reach <= j:
+            keep[j] = True
+            reach = min(reach, row.causal_start[j])
+    return keep
+
+
+def has_shared_range(row: ViewRow) -> bool:
+    return any(e >= s for s, e in zip(row.shared_start, row.shared_end))
+
+
+def row_reads(plan: ViewPlan) -> dict[int, set[int]]:
+    """Per row, the token indices that pairs read."""
+    reads: dict[int, set[int]] = {}
+    for (pr, pt), (tr, tt) in plan.pairs:
+        reads.setdefault(pr, set()).add(pt)
+        reads.setdefault(tr, set()).add(tt)
+    return reads
+
+
+@dataclass
+class _StreamBuilder:
+    """Accumulates rows into stream lists; `where[r][t]` is row r token t's stream index (or -1)."""
+
+    ids: list[int]
+    pos: list[int]
+    shared_start: list[int]
+    shared_end: list[int]
+    causal_start: list[int]
+    where: list[list[int]]
+
+    def add_row(self, row: ViewRow, keep: list[bool], prefix: tuple[int, int] | None) -> None:
+        """Append the kept tokens of a row; with prefix (source row, n), tokens < n come from the source."""
+        n = prefix[1] if prefix is not None else 0
+        where = (self.where[prefix[0]][:n] if prefix is not None else []) + [-1] * (len(row) - n)
+        for t in range(n, len(row)):
+            if keep[t]:
+                where[t] = len(self.ids)
+                self.ids.append(row.input_ids[t])
+                self.pos.append(row.position_ids[t])
+        for t in range(n, len(row)):
+            if keep[t]:
+                self.add_ranges(row, t, where, n)
+        self.where.append(where)
+
+    def add_ranges(self, row: ViewRow, t: int, where: list[int], n: int) -> None:
+        """Token t sees row tokens [causal_start, t] (kept by construction) and its own shared range;
+        the part of the causal range inside a shared prefix becomes the stream's shared range."""
+        cs = row.causal_start[t]
+        if cs < n:  # the prefix [cs, n) lives in the source row, contiguous there
+            self.shared_start.append(where[cs])
+            self.shared_end.append(where[n - 1])
+            self.causal_start.append(where[n])
+            return
+        self.causal_start.append(where[cs])
+        if row.shared_end[t] >= row.shared_start[t]:
+            self.shared_start.append(where[row.shared_start[t]])
+            self.shared_end.append(where[row.shared_end[t]])
+        else:
+            self.shared_start.append(0)
+            self.shared_end.append(-1)
+
+
+def pack_plan(plan: ViewPlan, share_prefixes: bool = True, truncate_views: bool = True) -> PackedStream:
+    """The plan's rows as one stream with prefix sharing and view truncation (module docstring)."""
+    reads = row_reads(plan)
+    builder = _StreamBuilder([], [], [], [], [], [])
+    for r, row in enumerate(plan.rows):
+        check_row(row)
+        trains = any(label != IGNORE_INDEX for label in row.labels)
+        own_shared = has_shared_range(row)  # then the row stays whole: a sweep over causal ranges won't do
+        whole = trains or own_shared or not truncate_views
+        keep = [True] * len(row) if whole else needed_tokens(row, reads.get(r, set()))
+        prefix = row.prefix_source if share_prefixes and not own_shared else None
+        if prefix is not None and (prefix[0] >= r or not plan_row_is_whole(plan, prefix[0], truncate_views)):
+            prefix = None
+        builder.add_row(row, keep, prefix)
+    label_index, label_target = [], []
+    for r, row in enumerate(plan.rows):
+        for t in range(len(row) - 1):
+            if row.labels[t + 1] != IGNORE_INDEX:
+                label_index.append(builder.where[r][t])
+                label_target.append(row.labels[t + 1])
+    pred = [builder.where[r][t] for (r, t), _ in plan.pairs]
+    target = [builder.where[r][t] for _, (r, t) in plan.pairs]
+    if min(pred + target + label_index, default=0) < 0:
+        raise AssertionError("a pair or label reads a token the packing dropped")  # a bug, not a user error
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    return PackedStream(
+        input_ids=as_long(builder.ids),
+        position_ids=as_long(builder.pos),
+        shared_start=as_long(builder.shared_start),
+        shared_end=as_long(builder.shared_end),
+        causal_start=as_long(builder.causal_start),
+        label_index=as_long(label_index),
+        label_target=as_long(label_target),
+        pred_index=as_long(pred),
+        target_index=as_long(target),
+    )
+
+
+def plan_row_is_whole(plan: ViewPlan, r: int, truncate_views: bool) -> bool:
+    """A prefix source must be packed whole (view 1 always is: it carries labels)."""
+    row = plan.rows[r]
+    return not truncate_views or any(x != IGNORE_INDEX for x in row.labels) or has_shared_range(row)
+
+
+# ---- the model -----------------------------------------------------------------------------
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under DDP's wrapper (PeftModel forwards get_output_embeddings itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def check_fast_supported(model: nn.Module) -> None:
+    """Refuse, before training, what the fast path would get wrong."""
+    config = unwrap(model).config
+    values = {name: getattr(config, name, None) for name in LM_HEAD_EXTRAS}
+    extras = [f"{name}={value}" for name, value in values.items() if value not in (None, 1, 1.0)]
+    if extras:
+        raise UserError(
+            f"--impl fast computes logits as lm_head(hidden) alone; this model's head also applies "
+            f"{', '.join(extras)}. Use --impl reference"
+        )
+    dropout = getattr(config, "attention_dropout", 0.0) or 0.0
+    if dropout:
+        raise UserError(f"--impl fast has no attention dropout (the model's is {dropout}); use --impl reference")
+
+
+def lm_head_cross_entropy_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+    """Sum of cross entropy of lm_head(hidden) against targets, a chunk of rows at a time.
+
+    Each chunk is checkpointed: backward recomputes its logits, so at most one chunk of logits
+    (LOGITS_PER_CHUNK elements) is alive at once, in forward and in backward."""
+    total = hidden.new_zeros((), dtype=torch.float32)
+    chunk = max(1, LOGITS_PER_CHUNK // lm_head.weight.shape[0])
+    for i in range(0, hidden.shape[0], chunk):
+        h, y = hidden[i : i + chunk], targets[i : i + chunk]
+        total = total + checkpoint(_chunk_cross_entropy_sum, h, y, lm_head, use_reentrant=False)
+    return total
+
+
+def _chunk_cross_entropy_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+    return token_cross_entropy_sum(lm_head(hidden), targets)
+
+
+def attention_backend(device: torch.device) -> str:
+    """The Triton kernel on CUDA; on CPU, PyTorch over the same ranges (the interpreter is for kernel tests)."""
+    return "auto" if device.type == "cuda" else "torch"
+
+
+def run_fast(model: nn.Module, plan: ViewPlan, pad_token_id: int | None = None) -> Executed:
+    """Run a plan as one packed stream (module docstring). The model's attention implementation must
+    be llmjepa_kernels.hf_attention.ATTENTION_NAME. pad_token_id is unused: there is no padding."""
+    _, device = model_dtype_device(model)
+    stream = pack_plan(plan).to(device)
+    out = model(
+        input_ids=stream.input_ids[None],
+        position_ids=stream.position_ids[None],
+        shared_start=stream.shared_start,
+        shared_end=stream.shared_end,
+        causal_start=stream.causal_start,
+        block_causal_backend=attention_backend(device),
+        logits_to_keep=stream.label_index[:0],  # no logits from the model: the loss below makes its own
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    hidden = out.hidden_states[-1][0]
+    lm_head = unwrap(model).get_output_embeddings()
+    ce_sum = lm_head_cross_entropy_sum(hidden[stream.label_index], stream.label_target, lm_head)
+    return Executed(ce_sum, hidden, stream.pred_index, stream.target_index)
