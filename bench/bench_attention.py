@@ -6,6 +6,11 @@ Methods, forward and forward+backward, median of triton.testing.do_bench:
   flex        torch.nn.attention.flex_attention (compiled) with the layout as a mask_mod.
   sdpa_view1  SDPA causal (flash path) on view 1 of every example alone: the plain-SFT attention cost.
   triton      llmjepa_kernels.block_causal_attention.
+  flash_varlen  flash_attn.flash_attn_varlen_func (the optional `llmjepa[flash]` peer), causal per segment
+              of cu_seqlens. It cannot express a shared range, so it runs the same stream with the shared
+              ranges removed (layouts.without_shared_ranges: view 1, the predictor view and each step
+              segment causal over itself, the predictor no longer seeing view 1's prefix); its pairs are
+              counted on that layout. Skipped, with the reason printed, where flash_attn does not import.
 Throughput is reported per visible (query, key) pair and head, so sdpa_view1 is comparable. A bf16
 correctness check against a float64 dense reference runs first. Results go to bench/RESULTS.md.
 
@@ -21,73 +26,22 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from layouts import (
+    Example,
+    cu_seqlens_from_ranges,
+    dense_visibility,
+    example_shape,
+    jepa_layout,
+    visible_pairs,
+    without_shared_ranges,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-METHODS = ("sdpa_dense", "flex", "sdpa_view1", "triton")
-
-
-@dataclass
-class Example:
-    """Lengths of one JEPA example: view 1, a predictor view sharing view 1's prefix, step segments."""
-
-    view1: int
-    shared_prefix: int
-    predictor: int
-    steps: list[int]
-
-    @property
-    def length(self) -> int:
-        return self.view1 + self.predictor + sum(self.steps)
-
-
-def example_shape(length: int) -> Example:
-    view1 = length * 8 // 15  # 160 of 300
-    predictor = length // 5  # 60 of 300
-    rest = length - view1 - predictor
-    steps = [rest // 4] * 4
-    steps[-1] += rest - sum(steps)
-    return Example(view1=view1, shared_prefix=view1 * 3 // 10, predictor=predictor, steps=steps)
-
-
-def jepa_layout(tokens: int, example: Example, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Ranges (shared_start, shared_end, causal_start) for whole examples up to `tokens`, the last one cut."""
-    a, b, s = [], [], []
-    while len(s) < tokens:
-        view1 = len(s)
-        a += [0] * example.view1
-        b += [-1] * example.view1
-        s += [view1] * example.view1
-        start = len(s)
-        a += [view1] * example.predictor
-        b += [view1 + example.shared_prefix - 1] * example.predictor
-        s += [start] * example.predictor
-        for step in example.steps:
-            start = len(s)
-            a += [0] * step
-            b += [-1] * step
-            s += [start] * step
-    return tuple(torch.tensor(x[:tokens], dtype=torch.int32, device=device) for x in (a, b, s))
-
-
-def visible_pairs(shared_start: torch.Tensor, shared_end: torch.Tensor, causal_start: torch.Tensor) -> int:
-    a, b, s = (x.long() for x in (shared_start, shared_end, causal_start))
-    i = torch.arange(a.numel(), device=a.device)
-    shared = (b - a + 1).clamp_min(0)
-    causal = (i - s + 1).clamp_min(0)
-    overlap = (torch.minimum(b, i) - torch.maximum(a, s) + 1).clamp_min(0)
-    return int((shared + causal - overlap).sum())
-
-
-def dense_visibility(shared_start: torch.Tensor, shared_end: torch.Tensor, causal_start: torch.Tensor) -> torch.Tensor:
-    i = torch.arange(shared_start.numel(), device=shared_start.device)
-    j = i[None, :]
-    a, b, s = (x.long()[:, None] for x in (shared_start, shared_end, causal_start))
-    return ((j >= a) & (j <= b)) | ((j >= s) & (j <= i[:, None]))
+METHODS = ("sdpa_dense", "flex", "sdpa_view1", "triton", "flash_varlen")
 
 
 def fwd_bwd(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], dout: torch.Tensor) -> Callable[[], None]:
@@ -214,6 +168,41 @@ def sdpa_view1_method(
     return fn, rows, rows * length * (length + 1) // 2
 
 
+def flash_unavailable_reason(dtype: torch.dtype) -> str | None:
+    """Why flash_varlen cannot run here, or None when it can."""
+    if not torch.cuda.is_available():
+        return "needs CUDA"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"flash-attn takes float16 or bfloat16, not {dtype}"
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError as err:
+        return f"flash-attn is not installed ({err}); pip install 'llmjepa[flash]' where a wheel fits"
+    return None
+
+
+def flash_varlen_method(ranges: tuple[torch.Tensor, ...]) -> Callable[..., torch.Tensor]:
+    """flash_attn_varlen_func over the segments of a plain varlen layout (see without_shared_ranges);
+    GQA is native (Hq a multiple of Hkv), so K/V are not repeated."""
+    from flash_attn import flash_attn_varlen_func
+
+    cu_seqlens, max_seqlen = cu_seqlens_from_ranges(ranges)  # ValueError on a shared range
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return flash_attn_varlen_func(
+            q,
+            k,
+            v,
+            cu_seqlens_q=cu_seqlens,
+            cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen,
+            max_seqlen_k=max_seqlen,
+            causal=True,
+        )
+
+    return fn
+
+
 # ----------------------------------------------------------------------------------------------------
 # Correctness and timing
 # ----------------------------------------------------------------------------------------------------
@@ -254,7 +243,26 @@ def correctness(args: argparse.Namespace, example: Example, dtype: torch.dtype) 
         lines.append(f"| {name} | " + " | ".join(f"{e:.2e}" for e in errs) + " |" + ("" if finite else " non-finite!"))
     del ref
     torch.cuda.empty_cache()
-    return lines + [""]
+    return lines + varlen_correctness(args, ranges, dtype) + [""]
+
+
+def varlen_correctness(args: argparse.Namespace, ranges: tuple[torch.Tensor, ...], dtype: torch.dtype) -> list[str]:
+    """Rows for flash_varlen and triton on the layout flash_varlen runs (shared ranges removed)."""
+    reason = flash_unavailable_reason(dtype)
+    if reason is not None:
+        print(f"flash_varlen: skipped: {reason}")
+        return [f"| flash_varlen | skipped: {reason} | | | |"]
+    plain = without_shared_ranges(ranges)
+    q, k, v = make_qkv(plain[0].numel(), args, dtype)
+    dout = torch.randn_like(q)
+    ref = reference_float64(q, k, v, dout, dense_visibility(*plain))
+    lines = []
+    for name, fn in (("triton, varlen layout", triton_method(plain)), ("flash_varlen", flash_varlen_method(plain))):
+        out = fn(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+        errs = [rel_err(x, r) for x, r in zip((out, *grads), ref)]
+        lines.append(f"| {name} | " + " | ".join(f"{e:.2e}" for e in errs) + " |")
+    return lines
 
 
 def dense_fits(tokens: int, args: argparse.Namespace) -> bool:
@@ -274,6 +282,14 @@ def time_one(
             gen = torch.Generator(device="cuda").manual_seed(args.seed)
             shapes = [(rows, h, example.view1, args.head_dim) for h in (args.q_heads, args.kv_heads, args.kv_heads)]
             inputs = [torch.randn(*x, device="cuda", dtype=dtype, generator=gen).requires_grad_() for x in shapes]
+        elif name == "flash_varlen":
+            reason = flash_unavailable_reason(dtype)
+            if reason is not None:
+                print(f"flash_varlen: skipped: {reason}", flush=True)
+                return [name, f"skipped: {reason}", "", "", "", ""]
+            plain = without_shared_ranges(ranges)
+            fn, pairs = flash_varlen_method(plain), visible_pairs(*plain)
+            inputs = make_qkv(tokens, args, dtype)
         else:
             if name == "sdpa_dense" and not dense_fits(tokens, args):
                 return [name, "skipped: dense mask does not fit", "", "", "", ""]
@@ -371,6 +387,8 @@ def main() -> None:
         f"- Hq={args.q_heads}, Hkv={args.kv_heads}, D={args.head_dim}, {args.dtype}",
         f"- layout: examples of {example.length} tokens: view 1 causal ({example.view1}), predictor view "
         f"({example.predictor}) sharing view 1's first {example.shared_prefix} tokens, step segments {example.steps}",
+        "- flash_varlen runs that stream with the shared ranges removed (each segment causal over itself, the "
+        "predictor view not seeing view 1's prefix): the layout cu_seqlens can express; its pairs are counted there",
         f"- command: {' '.join(sys.argv)}",
         "",
     ]

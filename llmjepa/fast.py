@@ -50,9 +50,11 @@ class PackedStream:
     label_target: torch.Tensor  # (n,) the labels they predict
     pred_index: torch.Tensor  # (pairs,)
     target_index: torch.Tensor  # (pairs,)
+    stream_index: list[list[int]]  # [row][token]: where the plan's token lives in the stream, -1 if dropped
 
     def to(self, device: torch.device) -> "PackedStream":
-        return PackedStream(**{name: t.to(device) for name, t in vars(self).items()})
+        moved = {name: t.to(device) if isinstance(t, torch.Tensor) else t for name, t in vars(self).items()}
+        return PackedStream(**moved)
 
     @property
     def n_tokens(self) -> int:
@@ -164,6 +166,7 @@ def pack_plan(plan: ViewPlan, share_prefixes: bool = True, truncate_views: bool 
         label_target=as_long(label_target),
         pred_index=as_long(pred),
         target_index=as_long(target),
+        stream_index=builder.where,
     )
 
 
