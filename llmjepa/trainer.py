@@ -51,17 +51,19 @@ class StepStats:
     label_tokens: int = 0
     pairs: int = 0
     tokens: int = 0
+    tokens_run: int = 0  # positions the executor ran: padded rows (reference) or the packed stream (fast)
     rows: int = 0
     microbatches: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, plan: ViewPlan, ce_sum: float, jepa_sum: float, cos_sum: float) -> None:
+    def add(self, plan: ViewPlan, ce_sum: float, jepa_sum: float, cos_sum: float, tokens_run: int) -> None:
         self.ce_sum += ce_sum
         self.jepa_sum += jepa_sum
         self.cos_sum += cos_sum
         self.label_tokens += plan.label_tokens
         self.pairs += plan.n_pairs
         self.tokens += plan.n_tokens
+        self.tokens_run += tokens_run
         self.rows += len(plan.rows)
         self.microbatches += 1
 
@@ -130,15 +132,17 @@ class JepaTrainer(Trainer):
         return batches, torch.tensor(tokens, device=device)
 
     def plan_losses(self, model: torch.nn.Module, plan: ViewPlan, label_tokens: int, pairs: int) -> tuple:
-        """(loss, ce_sum, jepa_sum, per-pair cosines or None) of one plan, normalized by the step totals."""
+        """(loss, ce_sum, jepa_sum, per-pair cosines or None, tokens run) of one plan, normalized by the
+        step totals."""
         cfg = self.loss_config
         out: Executed = self.executor(model, plan)
         lm = out.ce_sum / max(label_tokens, 1)
+        tokens_run = out.hidden.shape[0]
         if plan.n_pairs == 0:
-            return (lm if cfg.regular else cfg.gamma * lm), out.ce_sum, out.ce_sum.new_zeros(()), None
+            return (lm if cfg.regular else cfg.gamma * lm), out.ce_sum, out.ce_sum.new_zeros(()), None, tokens_run
         jepa_sum, cos = self.pair_loss_sum(out)
         loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
-        return loss, out.ce_sum, jepa_sum, cos
+        return loss, out.ce_sum, jepa_sum, cos, tokens_run
 
     def pair_loss_sum(self, out: Executed) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of the JEPA terms over the plan's pairs, per-pair cosines): fused kernel or PyTorch."""
@@ -158,9 +162,9 @@ class JepaTrainer(Trainer):
             loss, *_ = self.plan_losses(model, plan, plan.label_tokens, plan.n_pairs)
             return (loss, None) if return_outputs else loss
         label_tokens, pairs = self.step_totals
-        loss, ce_sum, jepa_sum, cos = self.plan_losses(model, plan, label_tokens, pairs)
+        loss, ce_sum, jepa_sum, cos, tokens_run = self.plan_losses(model, plan, label_tokens, pairs)
         cos_sum = cos.sum() if cos is not None else ce_sum.new_zeros(())
-        self.stats.add(plan, ce_sum.item(), jepa_sum.item(), cos_sum.item())
+        self.stats.add(plan, ce_sum.item(), jepa_sum.item(), cos_sum.item(), tokens_run)
         self.maybe_print_debug(plan, ce_sum, loss, cos)
         # DDP averages gradients over ranks; our loss is this rank's share of the global sum.
         loss = loss * world_size()
@@ -186,8 +190,9 @@ class JepaTrainer(Trainer):
     def finish_step(self, grad_norm: Any) -> None:
         """Reduce this step's sums over ranks and append its record (called before optimizer.step)."""
         s = self.stats
-        ce, jepa, cos, tokens, rows, microbatches = all_reduce_sums(
-            [s.ce_sum, s.jepa_sum, s.cos_sum, float(s.tokens), float(s.rows), float(s.microbatches)], self.args.device
+        sums = [s.ce_sum, s.jepa_sum, s.cos_sum, s.tokens, s.tokens_run, s.rows, s.microbatches]
+        ce, jepa, cos, tokens, tokens_run, rows, microbatches = all_reduce_sums(
+            [float(x) for x in sums], self.args.device
         )
         label_tokens, pairs = self.step_totals
         cfg = self.loss_config
@@ -205,7 +210,8 @@ class JepaTrainer(Trainer):
                 "mean_cos": cos / pairs if pairs else None,
                 "label_tokens": label_tokens,
                 "pairs": pairs,
-                "tokens": int(tokens),
+                "tokens": int(tokens),  # the plan's tokens, every view whole
+                "tokens_run": int(tokens_run),  # what the executor ran (padding included, sharing excluded)
                 "rows": int(rows),
                 "microbatches": int(microbatches),  # over all ranks, as tokens and rows
                 "grad_norm": grad_norm,

@@ -28,6 +28,9 @@ STEPS = 4
 MODES = {
     "regular": ["--regular"],
     "multi-step N=2 lbd 0.1": ["--num_prediction_steps", "2", "--lbd", "0.1", "--predictors", "1"],
+    "multi-step N=2 lbd 0.1, fast path": [
+        *["--num_prediction_steps", "2", "--lbd", "0.1", "--predictors", "1", "--impl", "fast"],
+    ],
 }
 
 pytestmark = pytest.mark.skipif(

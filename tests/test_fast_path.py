@@ -90,6 +90,10 @@ def test_fast_equals_reference(scratch: Path, mode: str) -> None:
     assert fast[-1]["lm_loss"] < fast[0]["lm_loss"] - 0.3  # the weights moved
     if mode != "regular":
         assert sum(r["pairs"] for r in fast) > 0 and all(r["jepa_loss"] >= 0 for r in fast)
+    # what ran: the reference pads rows, the fast path shares prefixes and truncates views
+    assert all(f["tokens_run"] <= f["tokens"] <= r["tokens_run"] for f, r in zip(fast, reference))
+    if mode != "regular":
+        assert sum(f["tokens_run"] for f in fast) < sum(f["tokens"] for f in fast)
 
 
 @pytest.mark.parametrize("mode", ["view-based", "additive mask", "N=2 localized", "N=3 not localized, last_token -2"])
