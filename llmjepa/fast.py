@@ -223,7 +223,7 @@ def run_fast(model: nn.Module, plan: ViewPlan, pad_token_id: int | None = None) 
     """Run a plan as one packed stream (module docstring). The model's attention implementation must
     be llmjepa_kernels.hf_attention.ATTENTION_NAME. pad_token_id is unused: there is no padding."""
     _, device = model_dtype_device(model)
-    stream = pack_plan(plan).to(device)
+    stream = (plan.packed if plan.packed is not None else pack_plan(plan)).to(device)
     out = model(
         input_ids=stream.input_ids[None],
         position_ids=stream.position_ids[None],

@@ -17,6 +17,7 @@ from, each as (row index, token index).
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -45,6 +46,7 @@ class ViewPlan:
     rows: list[ViewRow]
     pairs: list[tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=list)
     n_examples: int = 0
+    packed: Any = None  # the fast path's fast.PackedStream, when the collator packed it (in loader workers)
 
     @property
     def label_tokens(self) -> int:

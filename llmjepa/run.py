@@ -254,7 +254,7 @@ def build_run(args: argparse.Namespace) -> Run:
         args=training_arguments(args, len(train_set), eval_set is not None, checkpointing),
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=ViewCollator(cfg, predictor_ids, args.jepa_ratio, args.finetune_seed),
+        data_collator=ViewCollator(cfg, predictor_ids, args.jepa_ratio, args.finetune_seed, pack=args.impl == "fast"),
         processing_class=tokenizer,
         executor=executor_for(args, tokenizer.pad_token_id),
         loss_config=loss_config(args),
