@@ -54,6 +54,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from llmjepa.data import load_examples
 from llmjepa.default_model import build_default_model, sample_data_path
+from llmjepa.errors import UserError
 from llmjepa.execute import Executed, run_reference
 from llmjepa.fast import check_fast_supported, pack_plan, run_fast
 from llmjepa.losses import jepa_pair_losses
@@ -301,8 +302,9 @@ def run_method(
             losses.append(train_step(model, optimizer, executor, plan, args.lbd, fused))
             synchronize(device)
             seconds.append(time.perf_counter() - start)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # record it and go on to the next method
         del optimizer
+        model.zero_grad(set_to_none=True)
         free_memory(device)
         return {"error": "out of memory", "steps_done": len(seconds)}
     timed = seconds[args.warmup :]
@@ -399,7 +401,7 @@ def plot(report: dict, path: Path) -> None:
         ax_memory.set_xlabel("peak memory (MiB)")
     else:
         ax_memory.text(0.5, 0.5, "peak memory: n/a on CPU", ha="center", va="center", transform=ax_memory.transAxes)
-        ax_memory.set_yticks([])
+        ax_memory.set_axis_off()
     for ax in (ax_time, ax_memory):
         ax.invert_yaxis()  # methods top to bottom in table order
         ax.grid(axis="x", alpha=0.3)
@@ -521,4 +523,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:  # bad data or flags: one line, as llmjepa-train prints them
+        sys.exit(f"bench_step: {e}")
