@@ -219,9 +219,12 @@ def attention_backend(device: torch.device) -> str:
     return "auto" if device.type == "cuda" else "torch"
 
 
-def run_fast(model: nn.Module, plan: ViewPlan, pad_token_id: int | None = None) -> Executed:
+def run_fast(
+    model: nn.Module, plan: ViewPlan, pad_token_id: int | None = None, attention: str | None = None
+) -> Executed:
     """Run a plan as one packed stream (module docstring). The model's attention implementation must
-    be llmjepa_kernels.hf_attention.ATTENTION_NAME. pad_token_id is unused: there is no padding."""
+    be llmjepa_kernels.hf_attention.ATTENTION_NAME. pad_token_id is unused: there is no padding.
+    attention: "triton" or "torch" to override the per-device choice (tests run the kernel on CPU)."""
     _, device = model_dtype_device(model)
     stream = (plan.packed if plan.packed is not None else pack_plan(plan)).to(device)
     out = model(
@@ -230,7 +233,7 @@ def run_fast(model: nn.Module, plan: ViewPlan, pad_token_id: int | None = None) 
         shared_start=stream.shared_start,
         shared_end=stream.shared_end,
         causal_start=stream.causal_start,
-        block_causal_backend=attention_backend(device),
+        block_causal_backend=attention or attention_backend(device),
         logits_to_keep=stream.label_index[:0],  # no logits from the model: the loss below makes its own
         output_hidden_states=True,
         use_cache=False,

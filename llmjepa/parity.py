@@ -222,7 +222,8 @@ def build_hf_sft(args: argparse.Namespace) -> Any:
     train_examples, _, source = load_data(args)
     train_set = encode_split(train_examples, tokenizer, view_config(args), source)
     check_enough(train_set, args.batch_size, source)
-    model = load_model_from_args(args, tokenizer, dtype)
+    # plain HF SFT runs the model as users do (SDPA, padding mask), never our block-causal attention
+    model = load_model_from_args(argparse.Namespace(**{**vars(args), "impl": "reference"}), tokenizer, dtype)
     trainer = recording_trainer_class()(
         model=model,
         args=training_arguments(args, len(train_set), False, checkpointing),

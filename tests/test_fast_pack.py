@@ -229,3 +229,24 @@ def test_truncation_and_sharing_in_a_step_plan(models_and_data) -> None:
     assert stream.stream_index[2][: b[0] + 1] == stream.stream_index[0][: b[0] + 1]
     assert all(w >= 0 for w in stream.stream_index[2][b[0] + 1 :]) and len(target) == b[-1] + 1
     assert stream.n_tokens == len(full) + (len(predictor) - n_shared) + (b[-1] - b[0])
+
+
+@pytest.mark.parametrize("mode", ["N=2 localized", "additive mask"])
+def test_run_fast_with_the_triton_kernel(models_and_data, mode: str) -> None:
+    """The path CUDA takes: run_fast with the Triton attention kernel (CPU interpreter) equals the
+    reference on one example, in float32 (the interpreter computes in float32 at best)."""
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("the Triton kernel needs CUDA or TRITON_INTERPRET=1 (set by conftest without CUDA)")
+    tokenizer, reference, fast, examples = models_and_data
+    cfg = ViewConfig(**MODES[mode])
+    encoded, _ = encode_all(examples[:1], tokenizer, cfg)
+    predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, cfg.predictors + 1)])
+    plan = build_plan(encoded, cfg, predictor_ids)
+    reference32, fast32 = copy.deepcopy(reference).float(), copy.deepcopy(fast).float()
+    ref_values, ref_grads = losses_and_grads(reference32, run_reference(reference32, plan, tokenizer.pad_token_id))
+    values, grads = losses_and_grads(fast32, run_fast(fast32, plan, attention="triton"))
+    for name, x, r in zip(("ce_sum", "predictor embeddings", "target embeddings"), values, ref_values):
+        assert rel(x.double(), r.double()) < 1e-5, f"{mode}: {name} rel err {rel(x.double(), r.double()):.2e}"
+    worst = max(rel(g.double(), r.double()) for g, r in zip(grads, ref_grads))
+    print(f"{mode}: gradient rel err {worst:.2e}")
+    assert worst < 1e-5, f"{mode}: gradient rel err {worst:.2e}"

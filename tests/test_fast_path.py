@@ -175,3 +175,10 @@ def test_fast_in_bfloat16(tmp_path: Path) -> None:
     for key in ("lm_loss", "jepa_loss", "grad_norm"):
         assert parity.rel_diff(fast[0][key], reference[0][key]) < 2e-2, (key, fast[0], reference[0])
     assert all(r[k] == r[k] and abs(r[k]) < 1e4 for r in fast for k in ("loss", "grad_norm"))  # no NaN, no inf
+
+
+def test_parity_tool_with_the_fast_path_against_plain_hf(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """llmjepa-parity --impl fast: our side runs the fast path, the plain HF Trainer keeps SDPA."""
+    argv = [*BASE, "--lbd", "0", "--predictors", "1", "--num_prediction_steps", "2", "--impl", "fast"]
+    assert parity.main([*argv, "--against", "hf", "--steps", "3", "--output_dir", str(tmp_path)]) == 0
+    assert "AGREE: A and B agree on all 3 steps" in capsys.readouterr().out
