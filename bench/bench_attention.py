@@ -12,7 +12,7 @@ Methods, forward and forward+backward, median of triton.testing.do_bench:
               segment causal over itself, the predictor no longer seeing view 1's prefix); its pairs are
               counted on that layout. Skipped, with the reason printed, where flash_attn does not import.
 Throughput is reported per visible (query, key) pair and head, so sdpa_view1 is comparable. A bf16
-correctness check against a float64 dense reference runs first. Results go to bench/RESULTS.md.
+correctness check against a float64 dense reference runs first. Results go to bench/results/attention.md.
 
     python bench/bench_attention.py --tokens 4096 8192 16384 32768
 """
@@ -364,7 +364,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")
     parser.add_argument("--dense-memory-fraction", type=float, default=0.8, help="of free memory for sdpa_dense")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "attention.md")
     return parser.parse_args()
 
 
@@ -396,6 +396,7 @@ def main() -> None:
     body = correctness(args, example, dtype) if args.check_tokens else []
     print("\n".join(body), flush=True)
     body += timing_table(args, example, dtype)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(header + body))
     print(f"wrote {args.output}")
 

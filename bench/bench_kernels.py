@@ -60,8 +60,35 @@ class Shapes:
 
 
 # bf16 against a bf16 PyTorch form: each is ~4e-3 from the exact result, a broken kernel is O(1) off.
-CUDA_SHAPES = Shapes(torch.bfloat16, (4096, 16384), 32, 8, 64, 300, 8192, 2048, 256, 2e-2, 30, 5)
-CPU_SHAPES = Shapes(torch.float32, (96,), 4, 2, 16, 30, 64, 48, 12, 1e-4, 2, 0)
+CUDA_SHAPES = Shapes(
+    dtype=torch.bfloat16,
+    attention_tokens=(4096, 16384),
+    q_heads=32,
+    kv_heads=8,
+    head_dim=64,
+    example_len=300,
+    hidden_tokens=8192,
+    hidden_dim=2048,
+    pairs=256,
+    tolerance=2e-2,
+    rounds=30,
+    warmup_rounds=5,
+)
+# float32 through the interpreter (its bf16 tl.dot is wrong); three examples of 30 tokens and a cut one.
+CPU_SHAPES = Shapes(
+    dtype=torch.float32,
+    attention_tokens=(96,),
+    q_heads=4,
+    kv_heads=2,
+    head_dim=16,
+    example_len=30,
+    hidden_tokens=64,
+    hidden_dim=48,
+    pairs=12,
+    tolerance=1e-4,
+    rounds=2,
+    warmup_rounds=0,
+)
 SHAPES = CUDA_SHAPES if CUDA else CPU_SHAPES
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 

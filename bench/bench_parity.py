@@ -15,9 +15,10 @@ Compared per optimizer step: loss and gradient norm (relative difference, llmjep
 the label tokens and microbatches consumed (must be equal). --lbd 0 vs --regular, vs HF SFT, --regular
 vs HF SFT, and fast vs reference for the same mode.
 
-On a CPU the fast executor's Triton kernels run under the Triton interpreter (TRITON_INTERPRET=1 is set
-unless given); with TRITON_INTERPRET=0 it uses the PyTorch forms of the same ranges. parity.md says
-which ran.
+On a CPU the fast executor runs its attention as PyTorch SDPA over the same ranges (its own choice,
+llmjepa.fast.attention_backend: the interpreted attention kernel takes ~30 s a step here) and its pair
+loss through the fused Triton kernel under the interpreter (TRITON_INTERPRET=1 is set unless given;
+TRITON_INTERPRET=0 gives the PyTorch pair loss). parity.md says which ran.
 """
 
 import os
@@ -25,7 +26,8 @@ import os
 import torch
 
 if not torch.cuda.is_available():
-    # Read when triton is first imported (by llmjepa_kernels, below): the fast path then runs the kernels.
+    # Read when triton is first imported (by llmjepa_kernels, below): the fast path's pair loss then runs
+    # the fused kernel, as it would on a GPU.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import argparse  # noqa: E402
@@ -62,7 +64,6 @@ class Run:
     impl: str  # "reference", "fast", or "hf" for the plain Trainer
     grad_accum: int
     mode: str  # "regular", "hf" or a key of MODES
-    flags: list[str]
     records: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
@@ -77,6 +78,13 @@ class Run:
             return "HF Trainer SFT"
         what = "--regular" if self.mode == "regular" else f"--lbd 0 {self.mode}"
         return f"{what} [{self.impl}]"
+
+    @property
+    def flags(self) -> list[str]:
+        """llmjepa-train's flags for this run (for the HF run: those of the --regular run it mirrors)."""
+        views = ["--regular"] if self.mode in ("regular", "hf") else ["--lbd", "0", *MODES[self.mode]]
+        impl = "reference" if self.impl == "hf" else self.impl  # the plain Trainer's model must load with SDPA
+        return [*BASE, *views, "--impl", impl, "--grad_accum", str(self.grad_accum)]
 
 
 @dataclass
@@ -96,13 +104,6 @@ class Comparison:
 
 
 # ---- runs ------------------------------------------------------------------------------------------
-def train_flags(run: Run) -> list[str]:
-    """The llmjepa-train flags of the run (for the HF run: those of the --regular run it mirrors)."""
-    views = ["--regular"] if run.mode in ("regular", "hf") else ["--lbd", "0", *MODES[run.mode]]
-    impl = "reference" if run.impl == "hf" else run.impl  # the plain Trainer's model must load with SDPA
-    return [*BASE, *views, "--impl", impl, "--grad_accum", str(run.grad_accum)]
-
-
 def parity_args(run: Run, steps: int, work_dir: Path) -> argparse.Namespace:
     """The run's flags checked by llmjepa-parity, then made into one side's (steps, log every step)."""
     regular = run.mode in ("regular", "hf")
@@ -117,10 +118,10 @@ def lockstep_hook(run: Run, earlier: list[Run]) -> parity.StepHook:
     def hook(record: dict) -> bool:
         step = record["step"]
         diffs = [
-            f"vs {other.label}: loss {parity.rel_diff(record['loss'], mine['loss']):.1e} "
-            f"grad {parity.rel_diff(record['grad_norm'], mine['grad_norm']):.1e}"
+            f"vs {other.label}: loss {parity.rel_diff(record['loss'], theirs['loss']):.1e} "
+            f"grad {parity.rel_diff(record['grad_norm'], theirs['grad_norm']):.1e}"
             for other, records in by_step
-            if (mine := records.get(step)) is not None
+            if (theirs := records.get(step)) is not None
         ]
         print(f"  {run.label} ga{run.grad_accum} step {step:>3} loss {record['loss']:.7f}  " + "; ".join(diffs))
         return True  # the bench measures every step, parted or not
@@ -133,7 +134,6 @@ def execute(run: Run, steps: int, work_dir: Path, earlier: list[Run]) -> Run:
     started = time.perf_counter()
     print(f"== {run.label}, grad_accum {run.grad_accum}", flush=True)
     try:
-        run.flags = train_flags(run)
         args = parity_args(run, steps, work_dir)
         train = parity.run_hf if run.mode == "hf" else parity.run_ours
         run.records = train(args, hook=lockstep_hook(run, earlier))
@@ -148,14 +148,14 @@ def execute(run: Run, steps: int, work_dir: Path, earlier: list[Run]) -> Run:
 def run_all(args: argparse.Namespace, work_dir: Path) -> list[Run]:
     runs: list[Run] = []
     for grad_accum in args.grad_accum:
-        hf = execute(Run("hf", grad_accum, "hf", []), args.steps, work_dir, [])
+        hf = execute(Run("hf", grad_accum, "hf"), args.steps, work_dir, [])
         runs.append(hf)
         for impl in args.impl:
-            regular = execute(Run(impl, grad_accum, "regular", []), args.steps, work_dir, [hf])
+            regular = execute(Run(impl, grad_accum, "regular"), args.steps, work_dir, [hf])
             runs.append(regular)
             for mode in MODES:
                 same_mode = [r for r in runs if r.grad_accum == grad_accum and r.mode == mode and r.records]
-                runs.append(execute(Run(impl, grad_accum, mode, []), args.steps, work_dir, [regular, hf, *same_mode]))
+                runs.append(execute(Run(impl, grad_accum, mode), args.steps, work_dir, [regular, hf, *same_mode]))
     return runs
 
 
@@ -165,7 +165,9 @@ def compare(a: Run, b: Run, steps: int, tolerance: float) -> Comparison:
     pairs = [(x, b_by_step[x["step"]]) for x in a.records if x["step"] in b_by_step]
 
     def worst(key: str) -> tuple[float, int]:
-        return max(((parity.rel_diff(x[key], y[key]), x["step"]) for x, y in pairs), default=(math.nan, 0))
+        """(largest relative difference, the first step where it occurs)."""
+        diffs = [(parity.rel_diff(x[key], y[key]), x["step"]) for x, y in pairs]
+        return max(diffs, key=lambda d: d[0], default=(math.nan, 0))
 
     (loss, loss_step), (grad, grad_step) = worst("loss"), worst("grad_norm")
     same_inputs = all(x[k] == y[k] for x, y in pairs for k in parity.EXACT)
@@ -213,14 +215,19 @@ def device_name() -> str:
 
 
 def fast_kernels() -> str:
-    """What the fast executor's attention and pair loss ran on in this process."""
+    """What the fast executor's attention and pair loss ran on in this process (its own choices)."""
     from llmjepa_kernels.block_causal_attention import interpreted
 
-    if torch.cuda.is_available():
-        return "Triton kernels on CUDA (block_causal_attention, fused pair loss)"
-    if interpreted():
-        return "Triton kernels under the CPU interpreter (TRITON_INTERPRET=1): block_causal_attention, fused pair loss"
-    return "PyTorch forms of the same ranges (dense-mask SDPA, gathered cosine loss): TRITON_INTERPRET was not 1"
+    from llmjepa.fast import attention_backend
+    from llmjepa.run import fused_pair_loss
+
+    cuda = torch.cuda.is_available()
+    where = "CUDA" if cuda else "the CPU interpreter"
+    triton_attention = attention_backend(torch.device("cuda" if cuda else "cpu")) == "auto" and (cuda or interpreted())
+    attention = f"block_causal_attention (Triton, {where})" if triton_attention else "PyTorch SDPA over the ranges"
+    fused = fused_pair_loss(argparse.Namespace(impl="fast"))
+    pair_loss = f"cosine_jepa_loss (Triton, {where})" if fused else "the PyTorch pair loss"
+    return f"attention: {attention}; pair loss: {pair_loss}"
 
 
 def metadata(args: argparse.Namespace, started: datetime.datetime, seconds: float) -> dict:
@@ -244,9 +251,13 @@ def write_json(path: Path, meta: dict, runs: list[Run], found: list[Comparison])
     data = {
         "meta": meta,
         "comparisons": [vars(c) for c in found],
-        "runs": {r.key: {**vars(r), "label": r.label} for r in runs},
+        "runs": {r.key: {"label": r.label, "flags": r.flags, **vars(r)} for r in runs},
     }
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def largest(diff: float, step: int) -> str:
+    return "0 (equal on every step)" if diff == 0 else f"{diff:.1e} ({step})"
 
 
 def markdown(meta: dict, runs: list[Run], found: list[Comparison]) -> str:
@@ -277,29 +288,32 @@ def markdown(meta: dict, runs: list[Run], found: list[Comparison]) -> str:
     ]
     for c in found:
         lines.append(
-            f"| {c.grad_accum} | {c.a_label} | {c.b_label} | {c.steps} | {c.max_loss:.1e} ({c.max_loss_step}) "
-            f"| {c.max_grad_norm:.1e} ({c.max_grad_norm_step}) | {'yes' if c.same_inputs else 'NO'} "
+            f"| {c.grad_accum} | {c.a_label} | {c.b_label} | {c.steps} | {largest(c.max_loss, c.max_loss_step)} "
+            f"| {largest(c.max_grad_norm, c.max_grad_norm_step)} | {'yes' if c.same_inputs else 'NO'} "
             f"| {'yes' if c.agree else 'NO'} |"
         )
     lines += [
         "",
         "## Runs",
         "",
-        "Seconds are wall time of the whole run on a shared machine, model loading included: not a speed measure.",
+        "Rows and pairs of step 1 show that the --lbd 0 runs built and ran their views. Seconds are wall time of "
+        "the whole run on a shared machine, model loading included: not a speed measure.",
         "",
-        "| run | grad_accum | steps | first loss | last loss | seconds | error |",
-        "|---|---|---|---|---|---|---|",
+        "| run | grad_accum | steps | first loss | last loss | rows, pairs (step 1) | seconds | error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         first, last = (f"{r.records[i]['loss']:.7f}" if r.records else "" for i in (0, -1))
-        error = (r.error or "").replace("|", "/").splitlines()[0] if r.error else ""
+        shape = f"{r.records[0]['rows']}, {r.records[0].get('pairs', 0)}" if r.records else ""
+        error = r.error.replace("|", "/").splitlines()[0] if r.error else ""
         lines.append(
-            f"| {r.label} | {r.grad_accum} | {len(r.records)} | {first} | {last} | {r.seconds:.1f} | {error} |"
+            f"| {r.label} | {r.grad_accum} | {len(r.records)} | {first} | {last} | {shape} | {r.seconds:.1f} "
+            f"| {error} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, runs: list[Run], tolerance: float) -> None:
+def plot(path: Path, runs: list[Run], tolerance: float, title: str) -> None:
     """Per grad_accum: the loss curves, and every run's relative difference from HF SFT (log scale)."""
     import matplotlib
 
@@ -323,11 +337,12 @@ def plot(path: Path, runs: list[Run], tolerance: float) -> None:
         for ax, key in zip(row[1:], ("loss", "grad norm")):
             ax.axhline(tolerance, color="black", ls="--", lw=0.8, label=f"tolerance {tolerance:g}")
             ax.set_yscale("log")
-            ax.set_title(f"rel diff of {key} vs HF SFT, grad_accum {ga} (0 drawn at {ZERO_DRAWN_AT:g})")
+            ax.set_title(f"{key}: rel diff vs HF SFT, grad_accum {ga}")
         for ax in row:
             ax.set_xlabel("optimizer step")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
+    fig.suptitle(f"{title}; a rel diff of 0 is drawn at {ZERO_DRAWN_AT:g}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -360,7 +375,7 @@ def main() -> None:
     write_json(args.results / "parity.json", meta, runs, found)
     report = markdown(meta, runs, found)
     (args.results / "parity.md").write_text(report)
-    plot(args.results / "parity.png", runs, args.tolerance)
+    plot(args.results / "parity.png", runs, args.tolerance, f"llmjepa parity, {meta['device']}, {meta['date']}")
     print(report)
     print(f"wrote {args.results}/parity.json, parity.md, parity.png")
 
