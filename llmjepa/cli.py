@@ -188,4 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"llmjepa-train: error: {e}", file=sys.stderr)
         return 2
+    exit_torchrun_worker()
     return 0
+
+
+def exit_torchrun_worker() -> None:
+    """A torchrun worker whose training finished (all ranks past the final barrier, rank 0's files
+    written) leaves with os._exit(0). A normal exit runs torch's C++ teardown, which aborted a gloo
+    worker now and then after all its work was done ("terminate called without an active exception",
+    exit -6; 2 of 2 CI runs on 2026-11-24, one with the process group destroyed first), and torchrun
+    then fails the whole launch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

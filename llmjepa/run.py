@@ -277,12 +277,9 @@ def train(args: argparse.Namespace) -> JepaTrainer:
 
 
 def end_process_group() -> None:
-    """Under torchrun: wait for rank 0's saving, then close the process group. A rank that exits with
-    the group open can abort in gloo's teardown ("terminate called without an active exception",
-    seen in CI on 2026-11-24), failing the whole launch."""
+    """Under torchrun: every rank waits here until rank 0 has saved the model, metrics and plot."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
 
 
 def finish(args: argparse.Namespace, run: Run) -> None:
