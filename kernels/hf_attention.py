@@ -129,9 +129,9 @@ def _torch_block_causal_attention(
     """PyTorch form of block_causal_attention (CPU without Triton, and the fast path's CPU attention).
 
     Query blocks of TORCH_QUERY_BLOCK tokens; each attends to the key window from the lowest start of
-    its ranges to its last query (or shared end), with a (block, window) boolean mask. Ranges stay inside an example,
-    so the window spans about one example, not the stream: no T x T mask, and a packed stream costs
-    about what its examples would cost apart."""
+    its ranges to its last query (or shared end), with a (block, window) boolean mask. Ranges stay
+    inside an example, so the window spans about one example, not the stream: no T x T mask, and a
+    packed stream costs about what its examples would cost apart."""
     a, b, s = (x.long() for x in (layout.shared_start, layout.shared_end, layout.causal_start))
     has_shared = b >= a
     lowest = torch.minimum(torch.where(has_shared, a, s), s)
@@ -177,7 +177,7 @@ def block_causal_attention_forward(
     """transformers attention function: query (B, Hq, L, D), key/value (B, Hkv, L, D) -> (B, L, Hq, D).
 
     block_causal_backend: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton"
-    or "torch" (the dense-mask PyTorch form: a CPU training run under the interpreter would be slow)."""
+    or "torch" (the blockwise PyTorch form: a CPU training run under the interpreter would be slow)."""
     ranges = (shared_start, shared_end, causal_start)
     if any(r is None for r in ranges):
         missing = [name for name, r in zip(_RANGE_NAMES, ranges) if r is None]

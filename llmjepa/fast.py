@@ -79,6 +79,10 @@ def has_shared_range(row: ViewRow) -> bool:
     return any(e >= s for s, e in zip(row.shared_start, row.shared_end))
 
 
+def trains(row: ViewRow) -> bool:
+    return any(label != IGNORE_INDEX for label in row.labels)
+
+
 def row_reads(plan: ViewPlan) -> dict[int, set[int]]:
     """Per row, the token indices that pairs read."""
     reads: dict[int, set[int]] = {}
@@ -134,15 +138,15 @@ class _StreamBuilder:
 def pack_plan(plan: ViewPlan, share_prefixes: bool = True, truncate_views: bool = True) -> PackedStream:
     """The plan's rows as one stream with prefix sharing and view truncation (module docstring)."""
     reads = row_reads(plan)
+    # view 1 carries labels and is always whole; a row with its own shared range stays whole too
+    # (the sweep in needed_tokens follows causal ranges only)
+    whole = [not truncate_views or trains(row) or has_shared_range(row) for row in plan.rows]
     builder = _StreamBuilder([], [], [], [], [], [])
     for r, row in enumerate(plan.rows):
         check_row(row)
-        trains = any(label != IGNORE_INDEX for label in row.labels)
-        own_shared = has_shared_range(row)  # then the row stays whole: a sweep over causal ranges won't do
-        whole = trains or own_shared or not truncate_views
-        keep = [True] * len(row) if whole else needed_tokens(row, reads.get(r, set()))
-        prefix = row.prefix_source if share_prefixes and not own_shared else None
-        if prefix is not None and (prefix[0] >= r or not plan_row_is_whole(plan, prefix[0], truncate_views)):
+        keep = [True] * len(row) if whole[r] else needed_tokens(row, reads.get(r, set()))
+        prefix = row.prefix_source if share_prefixes and not has_shared_range(row) else None
+        if prefix is not None and (prefix[0] >= r or not whole[prefix[0]]):  # a source must be earlier and whole
             prefix = None
         builder.add_row(row, keep, prefix)
     label_index, label_target = [], []
@@ -168,12 +172,6 @@ def pack_plan(plan: ViewPlan, share_prefixes: bool = True, truncate_views: bool 
         target_index=as_long(target),
         stream_index=builder.where,
     )
-
-
-def plan_row_is_whole(plan: ViewPlan, r: int, truncate_views: bool) -> bool:
-    """A prefix source must be packed whole (view 1 always is: it carries labels)."""
-    row = plan.rows[r]
-    return not truncate_views or any(x != IGNORE_INDEX for x in row.labels) or has_shared_range(row)
 
 
 # ---- the model -----------------------------------------------------------------------------

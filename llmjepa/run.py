@@ -272,11 +272,11 @@ def train(args: argparse.Namespace) -> JepaTrainer:
     run.trainer.train(resume_from_checkpoint=resume_from)
     if run.trainer.is_world_process_zero():
         finish(args, run)
-    end_process_group()
+    wait_for_rank_zero()
     return run.trainer
 
 
-def end_process_group() -> None:
+def wait_for_rank_zero() -> None:
     """Under torchrun: every rank waits here until rank 0 has saved the model, metrics and plot."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
