@@ -1,0 +1,238 @@
+"""Visibility ranges of one packed stream and the tile lists the attention kernels visit.
+
+Plain torch, no Triton: the collator builds a layout on the CPU (in data-loader workers) and the
+attention moves it to the GPU, and the PyTorch form of the attention reads the same ranges.
+
+Skipping: for every (query block, key block) tile, whether some query of the tile sees some key of it
+("touched") and whether every query sees every key ("full"), from a difference array over the
+per-query ranges (O(T + tiles), no T x T tensor). Each query block then visits only its touched key
+blocks, listed in two index lists: full tiles run without any mask arithmetic, partial tiles apply
+the range test. The backward dK/dV kernel uses the transposed lists (per key block, the query blocks
+that see it). Tiles no query sees are never loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["BlockCausalLayout"]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class _VisitLists:
+    """For each row block: how many column blocks to visit and which, full tiles and partial tiles apart."""
+
+    full_count: torch.Tensor  # (rows,) int32
+    full_index: torch.Tensor  # (rows, width) int32, ascending, valid up to full_count
+    part_count: torch.Tensor
+    part_index: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _TileLists:
+    by_query: _VisitLists  # query block -> key blocks (forward, dQ)
+    by_key: _VisitLists  # key block -> query blocks (dK/dV)
+
+
+class BlockCausalLayout:
+    """Validated visibility ranges of one packed stream, with the tile visit lists cached per tile shape.
+
+    Building it costs one host sync (validation); reuse one layout across layers to pay it once.
+    """
+
+    def __init__(self, shared_start: torch.Tensor, shared_end: torch.Tensor, causal_start: torch.Tensor) -> None:
+        _check_range_tensors(shared_start=shared_start, shared_end=shared_end, causal_start=causal_start)
+        self.num_tokens = shared_start.numel()
+        self.device = shared_start.device
+        self.shared_start, self.shared_end, self.causal_start = _checked_ranges(
+            shared_start.long(), shared_end.long(), causal_start.long()
+        )
+        self._tiles: dict[tuple[int, int], _TileLists] = {}
+
+    def tiles(self, block_m: int, block_n: int) -> _TileLists:
+        key = (block_m, block_n)
+        if key not in self._tiles:
+            self._tiles[key] = _build_tiles(self.shared_start, self.shared_end, self.causal_start, block_m, block_n)
+        return self._tiles[key]
+
+    def visited_tiles(self, block_m: int, block_n: int) -> tuple[int, int]:
+        """(full tiles, partial tiles) one head visits in the forward pass; for benchmarks and tests."""
+        lists = self.tiles(block_m, block_n).by_query
+        return int(lists.full_count.sum()), int(lists.part_count.sum())
+
+
+def _check_range_tensors(**ranges: torch.Tensor) -> None:
+    for name, tensor in ranges.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be int32 (or int64), got {tensor.dtype}")
+        if tensor.dim() != 1:
+            raise ValueError(f"{name} must have shape (T,), got {tuple(tensor.shape)}")
+    first = next(iter(ranges.values()))
+    if any(t.shape != first.shape for t in ranges.values()):
+        shapes = {name: tuple(t.shape) for name, t in ranges.items()}
+        raise ValueError(f"range tensors must have the same shape (T,), got {shapes}")
+    if any(t.device != first.device for t in ranges.values()):
+        devices = {name: str(t.device) for name, t in ranges.items()}
+        raise ValueError(f"range tensors must be on one device, got {devices}")
+    if first.numel() == 0:
+        raise ValueError("the token stream is empty (T == 0)")
+    if first.numel() >= 2**31 - 1:
+        raise ValueError(f"T = {first.numel()} does not fit the int32 token indices")
+
+
+def _checked_ranges(
+    shared_start: torch.Tensor, shared_end: torch.Tensor, causal_start: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate int64 ranges; return them as int32 with empty ranges in one canonical form.
+
+    Empty ranges may hold any values; rewriting them as [0, -1] (shared) and T (causal start) keeps
+    them empty through the int32 cast and lets the kernels test visibility without special cases.
+    """
+    t = shared_start.numel()
+    i = torch.arange(t, device=shared_start.device)
+    has_shared = shared_start <= shared_end
+    has_causal = causal_start <= i
+    empty = ~has_shared & ~has_causal
+    bad_shared = has_shared & ((shared_start < 0) | (shared_end >= t))
+    bad_causal = has_causal & (causal_start < 0)
+    bad = empty | bad_shared | bad_causal
+    if bool(bad.any()):  # the single host sync of the validation
+        _raise_first_bad(shared_start, shared_end, causal_start, empty, bad_shared, bad)
+    return (
+        torch.where(has_shared, shared_start, 0).to(torch.int32).contiguous(),
+        torch.where(has_shared, shared_end, -1).to(torch.int32).contiguous(),
+        torch.where(has_causal, causal_start, t).to(torch.int32).contiguous(),
+    )
+
+
+def _raise_first_bad(
+    shared_start: torch.Tensor,
+    shared_end: torch.Tensor,
+    causal_start: torch.Tensor,
+    empty: torch.Tensor,
+    bad_shared: torch.Tensor,
+    bad: torch.Tensor,
+) -> None:
+    t = shared_start.numel()
+    idx = int(bad.nonzero()[0, 0])
+    a, b, s = int(shared_start[idx]), int(shared_end[idx]), int(causal_start[idx])
+    if bool(empty[idx]):
+        raise ValueError(
+            f"query token {idx} has an empty shared range [{a}, {b}] and an empty causal range "
+            f"[{s}, {idx}]: it would attend to no key"
+        )
+    if bool(bad_shared[idx]):
+        raise ValueError(f"query token {idx}: shared range [{a}, {b}] is outside the stream [0, {t - 1}]")
+    raise ValueError(f"query token {idx}: causal range [{s}, {idx}] starts before token 0")
+
+
+def _build_tiles(
+    shared_start: torch.Tensor,
+    shared_end: torch.Tensor,
+    causal_start: torch.Tensor,
+    block_m: int,
+    block_n: int,
+) -> _TileLists:
+    touched, full = _tile_masks(shared_start, shared_end, causal_start, block_m, block_n)
+    partial = touched & ~full
+    return _TileLists(by_query=_visit_lists(full, partial), by_key=_visit_lists(full.t(), partial.t()))
+
+
+def _tile_masks(
+    shared_start: torch.Tensor,
+    shared_end: torch.Tensor,
+    causal_start: torch.Tensor,
+    block_m: int,
+    block_n: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool (query blocks, key blocks) matrices: tile touched by some visible pair / all pairs visible.
+
+    Each query adds +1 over the key-block interval its range touches (or fully covers) in a
+    difference array of its query block's row; a cumulative sum gives per-tile counts. A tile is full
+    when all block_m queries cover it, so the ragged last query block is never full, and the ragged
+    last key block is never fully covered (its end block_n * n_blocks - 1 lies past T - 1).
+    """
+    t = shared_start.numel()
+    device = shared_start.device
+    a = shared_start.long()
+    b = shared_end.long()
+    s = causal_start.long()
+    i = torch.arange(t, device=device)
+    n_m = _cdiv(t, block_m)
+    n_n = _cdiv(t, block_n)
+    row = i // block_m
+    has_shared = a <= b
+    has_causal = s <= i
+
+    touched = torch.zeros(n_m, n_n + 1, dtype=torch.int32, device=device)
+    _add_block_interval(touched, row, a // block_n, b // block_n, has_shared)
+    _add_block_interval(touched, row, s // block_n, i // block_n, has_causal)
+
+    # Merge the two ranges when they overlap or abut, so a key block straddling them counts as covered.
+    merged = has_shared & has_causal & (s <= b + 1) & (a <= i + 1)
+    lo1 = torch.where(merged, torch.minimum(a, s), a)
+    hi1 = torch.where(merged, torch.maximum(b, i), b)
+    covered = torch.zeros_like(touched)
+    _add_block_interval(
+        covered,
+        row,
+        _ceil_div(lo1, block_n),
+        (hi1 + 1) // block_n - 1,
+        has_shared | merged,
+    )
+    _add_block_interval(
+        covered,
+        row,
+        _ceil_div(s, block_n),
+        (i + 1) // block_n - 1,
+        has_causal & ~merged,
+    )
+
+    touched = touched.cumsum(1)[:, :n_n] > 0
+    full = covered.cumsum(1)[:, :n_n] == block_m
+    return touched, full
+
+
+def _ceil_div(x: torch.Tensor, d: int) -> torch.Tensor:
+    return torch.div(x + d - 1, d, rounding_mode="floor")
+
+
+def _add_block_interval(
+    diff: torch.Tensor,
+    row: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    keep: torch.Tensor,
+) -> None:
+    """diff[row, lo] += 1 and diff[row, hi + 1] -= 1 where keep and lo <= hi (intervals in block units)."""
+    keep = keep & (lo <= hi)
+    weight = keep.to(diff.dtype)
+    width = diff.shape[1]
+    lo = torch.where(keep, lo, 0)
+    end = torch.where(keep, hi + 1, 0)
+    flat = diff.view(-1)
+    flat.index_add_(0, row * width + lo, weight)
+    flat.index_add_(0, row * width + end, -weight)
+
+
+def _visit_lists(full: torch.Tensor, partial: torch.Tensor) -> _VisitLists:
+    full_count, full_index = _compact(full)
+    part_count, part_index = _compact(partial)
+    return _VisitLists(full_count, full_index, part_count, part_index)
+
+
+def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: number of True columns and their indices in ascending order (row-padded)."""
+    count = mask.sum(1, dtype=torch.int32)
+    # A stable sort of the negated mask puts the True columns first, in column order.
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    width = max(int(count.max()), 1) if count.numel() else 1
+    return count.contiguous(), order[:, :width].to(torch.int32).contiguous()
