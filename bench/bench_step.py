@@ -56,9 +56,10 @@ from llmjepa.data import load_examples
 from llmjepa.default_model import build_default_model, sample_data_path
 from llmjepa.errors import UserError
 from llmjepa.execute import Executed, run_reference
-from llmjepa.fast import check_fast_supported, pack_plan, run_fast
+from llmjepa.fast import check_fast_supported, run_fast
 from llmjepa.losses import jepa_pair_losses
 from llmjepa.model import load_tokenizer
+from llmjepa.pack import pack_plan
 from llmjepa.plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow
 from llmjepa.views import Encoded, ViewConfig, build_plan, encode_all
 

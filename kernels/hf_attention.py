@@ -22,11 +22,12 @@ query blocks, each with a boolean mask over its key window built from the same r
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from .block_causal_attention import BlockCausalLayout, block_causal_attention, interpreted
+from . import torch_attention
+from .block_causal_attention import block_causal_attention, interpreted
+from .block_layout import BlockCausalLayout
 
 __all__ = ["ATTENTION_NAME", "block_causal_attention_forward", "no_dense_mask", "register"]
 
@@ -120,42 +121,6 @@ def _check_rows_stay_local(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, le
         )
 
 
-TORCH_QUERY_BLOCK = 256  # queries per SDPA call in the PyTorch form
-
-
-def _torch_block_causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockCausalLayout, scale: float | None
-) -> torch.Tensor:
-    """PyTorch form of block_causal_attention (CPU without Triton, and the fast path's CPU attention).
-
-    Query blocks of TORCH_QUERY_BLOCK tokens; each attends to the key window from the lowest start of
-    its ranges to its last query (or shared end), with a (block, window) boolean mask. Ranges stay
-    inside an example, so the window spans about one example, not the stream: no T x T mask, and a
-    packed stream costs about what its examples would cost apart."""
-    a, b, s = (x.long() for x in (layout.shared_start, layout.shared_end, layout.causal_start))
-    has_shared = b >= a
-    lowest = torch.minimum(torch.where(has_shared, a, s), s)
-    highest = torch.where(has_shared, b, -1)  # a shared range may reach past its query
-    out = []
-    for q0 in range(0, q.shape[0], TORCH_QUERY_BLOCK):
-        q1 = min(q0 + TORCH_QUERY_BLOCK, q.shape[0])
-        lo, hi = int(lowest[q0:q1].min()), max(q1, int(highest[q0:q1].max()) + 1)
-        i = torch.arange(q0, q1, device=q.device)[:, None]
-        j = torch.arange(lo, hi, device=q.device)[None, :]
-        ab, bb, sb = a[q0:q1, None], b[q0:q1, None], s[q0:q1, None]
-        mask = ((j >= ab) & (j <= bb)) | ((j >= sb) & (j <= i))
-        block = F.scaled_dot_product_attention(
-            q[q0:q1].transpose(0, 1),
-            k[lo:hi].transpose(0, 1),
-            v[lo:hi].transpose(0, 1),
-            attn_mask=mask,
-            scale=scale,
-            enable_gqa=q.shape[1] != k.shape[1],
-        )
-        out.append(block.transpose(0, 1))
-    return torch.cat(out)
-
-
 def _use_triton(device: torch.device) -> bool:
     return device.type == "cuda" or interpreted()
 
@@ -212,5 +177,5 @@ def block_causal_attention_forward(
             q, k, v, layout.shared_start, layout.shared_end, layout.causal_start, scaling, layout=layout
         )
     else:
-        out = _torch_block_causal_attention(q, k, v, layout, scaling)
+        out = torch_attention.torch_block_causal_attention(q, k, v, layout, scaling)
     return out.reshape(batch, length, q_heads, head_dim), None

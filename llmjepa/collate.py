@@ -1,6 +1,6 @@
 """The Trainer's data collator: a list of Encoded examples -> {"plan": ViewPlan}."""
 
-from .fast import pack_plan
+from .pack import pack_plan
 from .plan import ViewPlan
 from .trainer import jepa_ratio_keeps_views
 from .views import Encoded, ViewConfig, build_plan

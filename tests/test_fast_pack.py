@@ -15,8 +15,9 @@ import torch
 
 from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
 from llmjepa.execute import run_reference
-from llmjepa.fast import pack_plan, run_fast
+from llmjepa.fast import run_fast
 from llmjepa.model import ModelSpec, load_model, load_tokenizer
+from llmjepa.pack import pack_plan
 from llmjepa.plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow, causal_row, visibility
 from llmjepa.views import ViewConfig, build_plan, common_causal_prefix, encode_all
 

@@ -13,7 +13,7 @@ import random
 
 import pytest
 import torch
-from llmjepa_kernels import hf_attention
+from llmjepa_kernels import hf_attention, torch_attention
 from llmjepa_kernels.hf_attention import ATTENTION_NAME, block_causal_attention_forward, no_dense_mask, register
 from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_causal_mask
@@ -142,7 +142,7 @@ def test_triton_path_is_used_under_the_interpreter(monkeypatch: pytest.MonkeyPat
     def fail(*args, **kwargs):
         raise AssertionError("the PyTorch fallback ran instead of the Triton kernel")
 
-    monkeypatch.setattr(hf_attention, "_torch_block_causal_attention", fail)
+    monkeypatch.setattr(torch_attention, "torch_block_causal_attention", fail)
     rng = random.Random(BASE_SEED + 200)
     batch = make_batch(rng, 1, 24)
     register()
@@ -212,7 +212,7 @@ def test_pytorch_form_matches_float64_reference(monkeypatch: pytest.MonkeyPatch,
     from llmjepa_kernels.block_causal_attention import BlockCausalLayout
     from test_block_causal_attention import dense_mask, random_layout, reference_with_grads
 
-    monkeypatch.setattr(hf_attention, "TORCH_QUERY_BLOCK", 16)
+    monkeypatch.setattr(torch_attention, "TORCH_QUERY_BLOCK", 16)
     rng = random.Random(BASE_SEED + 400 + case)
     torch.manual_seed(BASE_SEED + 400 + case)
     layout = random_layout(rng)
@@ -222,7 +222,7 @@ def test_pytorch_form_matches_float64_reference(monkeypatch: pytest.MonkeyPatch,
     k, v = (torch.randn(t, kv_heads, 16, dtype=torch.float64) for _ in range(2))
     ranges = BlockCausalLayout(layout.shared_start, layout.shared_end, layout.causal_start)
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
-    out = hf_attention._torch_block_causal_attention(*leaves, ranges, 16**-0.5)
+    out = torch_attention.torch_block_causal_attention(*leaves, ranges, 16**-0.5)
     got = [out.detach(), *torch.autograd.grad(out, leaves, dout)]
     ref = reference_with_grads(q, k, v, dout, dense_mask(layout), torch.float64)
     for name, x, r in zip(("out", "dq", "dk", "dv"), got, ref):
