@@ -13,7 +13,15 @@ import sys
 
 from .errors import UserError
 
-JEPA_ONLY_FLAGS = ("additive_mask", "jepa_l2", "jepa_mse", "infonce", "front_pred", "reverse_pred")
+JEPA_ONLY_FLAGS = (
+    "additive_mask",
+    "jepa_l2",
+    "jepa_mse",
+    "infonce",
+    "front_pred",
+    "reverse_pred",
+    "isolated_predictors",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--num_prediction_steps", type=int, default=0, help="N step pairs; 0 = view-based LLM-JEPA")
     steps.add_argument("--no_localized_masks", dest="localized_masks", action="store_false")
     steps.add_argument("--use_localized_masks", dest="localized_masks", action="store_true", help="(the default)")
+    steps.add_argument("--isolated_predictors", action="store_true", help="predictors as side branches of view 1")
     steps.add_argument(
         "--include_last_step_target",
         dest="include_last_step_target",
@@ -147,6 +156,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         bad = [f"--{f}" for f in ("additive_mask", "front_pred", "reverse_pred") if getattr(args, f)]
         if bad:
             raise UserError(f"{', '.join(bad)} apply to view-based LLM-JEPA, not --num_prediction_steps")
+    elif args.isolated_predictors:
+        raise UserError("--isolated_predictors needs --num_prediction_steps >= 1 (docs/views.md says why)")
     elif not args.localized_masks or not args.include_last_step_target:
         raise UserError("--no_localized_masks and --omit_last_step_target need --num_prediction_steps >= 1")
     for name in ("batch_size", "grad_accum", "max_length", "num_epochs", "logging_steps", "eval_steps"):

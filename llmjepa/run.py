@@ -31,6 +31,7 @@ def view_config(args: argparse.Namespace) -> ViewConfig:
         last_token=args.last_token,
         num_prediction_steps=args.num_prediction_steps,
         localized_masks=args.localized_masks,
+        isolated_predictors=args.isolated_predictors,
         include_last_step_target=args.include_last_step_target,
         step_separator=args.step_separator,
         additive_mask=args.additive_mask,

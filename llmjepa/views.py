@@ -13,6 +13,9 @@ Modes (see docs/views.md for the pictures):
   step segment sees only itself (localized, N > 1), from an isolated segment of the predictor
   row (localized, N = 1, as upstream's double batch), or from the predictor row itself
   (--no_localized_masks).
+- --isolated_predictors (multi-step only; a variant, not upstream's): each group of K predictors is a
+  side branch of view 1 after b_k, seen by no other token; targets come from the localized target
+  row, or from view 1 itself with --no_localized_masks.
 """
 
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ class ViewConfig:
     last_token: int = -1
     num_prediction_steps: int = 0  # N; 0 = view-based LLM-JEPA
     localized_masks: bool = True
+    isolated_predictors: bool = False  # predictor groups as side branches of view 1 (a variant)
     include_last_step_target: bool = True
     step_separator: str = "\n\n"
     additive_mask: bool = False
@@ -43,9 +47,23 @@ class ViewConfig:
     labels: str = "assistant"  # assistant | all | upstream
     max_length: int = 512
 
+    def __post_init__(self) -> None:
+        if self.isolated_predictors and not self.multi_step:
+            raise UserError(ISOLATED_NEEDS_STEPS)
+
     @property
     def multi_step(self) -> bool:
         return self.num_prediction_steps > 0
+
+
+# Why view-based mode (N = 0) refuses --isolated_predictors: its target, Code, is the answer alone, no
+# prefix of view 1, so only the Text view could become a branch, and that branch would see what Text
+# does not (the system prompt, view 1's template) and need the template's closing tokens after the
+# predictors. It would change the method and still run a full Code view. docs/views.md says more.
+ISOLATED_NEEDS_STEPS = (
+    "--isolated_predictors needs --num_prediction_steps >= 1: in view-based LLM-JEPA the target view "
+    "(the answer alone) is no part of view 1, so predictors cannot branch off it"
+)
 
 
 @dataclass
@@ -229,6 +247,9 @@ def encode_all(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg:
 
 
 # ---- plans --------------------------------------------------------------------------------
+VIEW1 = -1  # in the pairs an extra-rows function returns: this example's view 1, not one of its rows
+
+
 def segment_row(example: int, view: str, ids: list[int], positions: list[int], starts: list[int]) -> ViewRow:
     """A row whose token i sees [starts[i], i] (causal within its segment)."""
     n = len(ids)
@@ -292,7 +313,14 @@ def step_rows(enc: Encoded, b: int, cfg: ViewConfig, predictor_ids: list[int]) -
     if not localized_row:
         target_at = [bounds[j + 1] + (j + 1) * k for j in range(n_pairs)]
         return [pred_row], [((0, p), (0, t)) for p, t in zip(pred_at, target_at)]
-    # localized target row: segment 0 = [0, b_0], segment j = (b_{j-1}, b_j]
+    target_row = localized_target_row(enc, b)
+    return [pred_row, target_row], [((0, p), (1, bounds[j + 1])) for j, p in enumerate(pred_at)]
+
+
+def localized_target_row(enc: Encoded, b: int) -> ViewRow:
+    """View 1 up to b_P in which segment 0 = [0, b_0] and segment j = (b_{j-1}, b_j] each see only
+    themselves (positions as in view 1)."""
+    bounds = enc.boundaries
     seg_starts = []
     start = 0
     for j in range(bounds[-1] + 1):
@@ -300,8 +328,35 @@ def step_rows(enc: Encoded, b: int, cfg: ViewConfig, predictor_ids: list[int]) -
         if j in bounds:
             start = j + 1
     target_ids = enc.input_ids[: bounds[-1] + 1]
-    target_row = segment_row(b, "target", target_ids, list(range(len(target_ids))), seg_starts)
-    return [pred_row, target_row], [((0, p), (1, bounds[j + 1])) for j, p in enumerate(pred_at)]
+    return segment_row(b, "target", target_ids, list(range(len(target_ids))), seg_starts)
+
+
+def isolated_step_rows(enc: Encoded, b: int, cfg: ViewConfig, predictor_ids: list[int]) -> tuple:
+    """--isolated_predictors: one row per pair k, view 1 up to b_k then the K predictors (positions
+    continuing after b_k), so each group sees view 1's prefix and itself and nothing sees it. The row
+    repeats view 1's first b_k + 1 tokens, which build_plan records as its prefix_source: a packed
+    executor runs only the K predictors. Targets: the localized target row, or view 1 itself
+    (VIEW1) with --no_localized_masks. With K = 0 the predictor is view 1's own state at b_k."""
+    bounds, k = enc.boundaries, len(predictor_ids)
+    rows: list[ViewRow] = []
+    pred_at = []
+    for j in range(len(bounds) - 1):
+        if not k:
+            pred_at.append((VIEW1, bounds[j]))
+            continue
+        rows.append(causal_row(b, "predictor", enc.input_ids[: bounds[j] + 1] + list(predictor_ids)))
+        pred_at.append((len(rows) - 1, bounds[j] + k))
+    if cfg.localized_masks:
+        rows.append(localized_target_row(enc, b))
+        target_at = [(len(rows) - 1, t) for t in bounds[1:]]
+    else:
+        target_at = [(VIEW1, t) for t in bounds[1:]]
+    return rows, list(zip(pred_at, target_at))
+
+
+def plan_row(r: int, example: int, offset: int) -> int:
+    """A plan row index from an extra-rows function's: VIEW1 is the example's view 1 (row `example`)."""
+    return example if r == VIEW1 else offset + r
 
 
 def build_plan(batch: list[Encoded], cfg: ViewConfig, predictor_ids: list[int], with_views: bool = True) -> ViewPlan:
@@ -312,7 +367,9 @@ def build_plan(batch: list[Encoded], cfg: ViewConfig, predictor_ids: list[int], 
         return plan
     for b, enc in enumerate(batch):
         offset = len(plan.rows)
-        if cfg.multi_step:
+        if cfg.multi_step and cfg.isolated_predictors:
+            extra, pairs = isolated_step_rows(enc, b, cfg, predictor_ids)
+        elif cfg.multi_step:
             extra, pairs = step_rows(enc, b, cfg, predictor_ids)
         else:
             extra, (p, t) = view_based_rows(enc, b, cfg)
@@ -321,5 +378,6 @@ def build_plan(batch: list[Encoded], cfg: ViewConfig, predictor_ids: list[int], 
             n = common_causal_prefix(row, rows[b])
             row.prefix_source = (b, n) if n else None
         plan.rows.extend(extra)
-        plan.pairs.extend(((offset + pr, pi), (offset + tr, ti)) for (pr, pi), (tr, ti) in pairs)
+        for (pr, pi), (tr, ti) in pairs:
+            plan.pairs.append(((plan_row(pr, b, offset), pi), (plan_row(tr, b, offset), ti)))
     return plan

@@ -81,8 +81,11 @@ def test_view_based_pairs_read_the_right_tokens(tokenizer, examples, k, last_tok
 @pytest.mark.parametrize("n_steps", [1, 2, 3])
 @pytest.mark.parametrize("localized", [True, False])
 @pytest.mark.parametrize("k", [1, 2])
-def test_step_pairs(tokenizer, examples, n_steps, localized, k):
-    cfg = ViewConfig(num_prediction_steps=n_steps, predictors=k, localized_masks=localized)
+@pytest.mark.parametrize("isolated", [False, True])
+def test_step_pairs(tokenizer, examples, n_steps, localized, k, isolated):
+    cfg = ViewConfig(
+        num_prediction_steps=n_steps, predictors=k, localized_masks=localized, isolated_predictors=isolated
+    )
     encoded, report = encode_all(examples, tokenizer, cfg)
     assert report.fallback == 0  # every bundled answer has "\n\n" steps
     pred_1, pred_k = predictor_ids(tokenizer, k)[0], predictor_ids(tokenizer, k)[-1]
