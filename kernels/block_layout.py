@@ -1,27 +1,43 @@
 """Visibility ranges of one packed stream and the tile lists the attention kernels visit.
 
-Plain torch, no Triton: the collator builds a layout on the CPU (in data-loader workers) and the
-attention moves it to the GPU, and the PyTorch form of the attention reads the same ranges.
+Plain torch, no Triton: the collator builds a layout on the CPU (in data-loader workers), with the
+tile lists the kernels will read, and the step moves it to the GPU with `to(device, non_blocking=True)`.
+Validation and list building read tensor values on the host (`bool(bad.any())`, `int(count.max())`);
+done there, they cost the GPU no sync. The PyTorch form of the attention reads the same ranges.
 
 Skipping: for every (query block, key block) tile, whether some query of the tile sees some key of it
 ("touched") and whether every query sees every key ("full"), from a difference array over the
 per-query ranges (O(T + tiles), no T x T tensor). Each query block then visits only its touched key
 blocks, listed in two index lists: full tiles run without any mask arithmetic, partial tiles apply
 the range test. The backward dK/dV kernel uses the transposed lists (per key block, the query blocks
-that see it). Tiles no query sees are never loaded.
+that see it). Tiles no query sees are never loaded. Each direction is built on first use: the
+forward and dQ kernels read `by_query` of their tile shapes, the dK/dV kernel `by_key` of its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 
 import torch
 
-__all__ = ["BlockCausalLayout"]
+__all__ = ["DIRECTIONS", "BlockCausalLayout", "TileShape", "to_device"]
+
+DIRECTIONS = ("by_query", "by_key")
+TileShape = tuple[str, int, int]  # (direction, block_m, block_n): one tile list a kernel reads
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def to_device(t: torch.Tensor, device: torch.device, non_blocking: bool = True) -> torch.Tensor:
+    """t on device. Host to CUDA with non_blocking goes through pinned memory: the copy is queued on the
+    stream and the host goes on (a blocking copy, or one from pageable memory, waits for the stream).
+    Other moves are plain blocking copies (a non-blocking copy to the host could be read too early)."""
+    if non_blocking and device.type == "cuda" and t.device.type == "cpu":
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    return t.to(device)
 
 
 @dataclass(frozen=True)
@@ -33,20 +49,66 @@ class _VisitLists:
     part_count: torch.Tensor
     part_index: torch.Tensor
 
+    def to(self, device: torch.device, non_blocking: bool = True) -> _VisitLists:
+        return _VisitLists(*(to_device(getattr(self, f.name), device, non_blocking) for f in fields(self)))
 
-@dataclass(frozen=True)
+
 class _TileLists:
-    by_query: _VisitLists  # query block -> key blocks (forward, dQ)
-    by_key: _VisitLists  # key block -> query blocks (dK/dV)
+    """The visit lists of one tile shape: by_query (query block -> key blocks; forward, dQ) and by_key
+    (key block -> query blocks; dK/dV), each built on first use from the tile masks."""
+
+    def __init__(self, layout: BlockCausalLayout, block_m: int, block_n: int) -> None:
+        self._layout = layout
+        self.block_m, self.block_n = block_m, block_n
+        self._masks: tuple[torch.Tensor, torch.Tensor] | None = None  # (full, partial), built once
+        self.built: dict[str, _VisitLists] = {}
+
+    def get(self, direction: str) -> _VisitLists:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"tile direction must be one of {DIRECTIONS}, got {direction!r}")
+        if direction not in self.built:
+            if self._masks is None:
+                layout = self._layout
+                touched, full = _tile_masks(
+                    layout.shared_start, layout.shared_end, layout.causal_start, self.block_m, self.block_n
+                )
+                self._masks = (full, touched & ~full)
+            full, partial = self._masks
+            self.built[direction] = (
+                _visit_lists(full, partial) if direction == "by_query" else _visit_lists(full.t(), partial.t())
+            )
+        return self.built[direction]
+
+    def __getstate__(self) -> dict:
+        # Pickled from data-loader workers: ship the lists, not the (query blocks x key blocks) masks.
+        return {**self.__dict__, "_masks": None}
+
+    @property
+    def by_query(self) -> _VisitLists:
+        return self.get("by_query")
+
+    @property
+    def by_key(self) -> _VisitLists:
+        return self.get("by_key")
 
 
 class BlockCausalLayout:
-    """Validated visibility ranges of one packed stream, with the tile visit lists cached per tile shape.
+    """Validated visibility ranges of one packed stream, with the tile visit lists cached per tile shape
+    and direction.
 
-    Building it costs one host sync (validation); reuse one layout across layers to pay it once.
+    Validation reads the ranges (one host sync where they live on a GPU), and so does building a list
+    (`int(count.max())`): build the layout where the stream is packed, on the CPU, with the lists the
+    kernels will read (`tiles=[(direction, block_m, block_n), ...]`), then move it with `to(device)`.
+    A list not built before the move is built on the device at first use (correct, with syncs).
     """
 
-    def __init__(self, shared_start: torch.Tensor, shared_end: torch.Tensor, causal_start: torch.Tensor) -> None:
+    def __init__(
+        self,
+        shared_start: torch.Tensor,
+        shared_end: torch.Tensor,
+        causal_start: torch.Tensor,
+        tiles: Iterable[TileShape] = (),
+    ) -> None:
         _check_range_tensors(shared_start=shared_start, shared_end=shared_end, causal_start=causal_start)
         self.num_tokens = shared_start.numel()
         self.device = shared_start.device
@@ -54,12 +116,34 @@ class BlockCausalLayout:
             shared_start.long(), shared_end.long(), causal_start.long()
         )
         self._tiles: dict[tuple[int, int], _TileLists] = {}
+        for direction, block_m, block_n in tiles:
+            self.tiles(block_m, block_n).get(direction)
 
     def tiles(self, block_m: int, block_n: int) -> _TileLists:
         key = (block_m, block_n)
         if key not in self._tiles:
-            self._tiles[key] = _build_tiles(self.shared_start, self.shared_end, self.causal_start, block_m, block_n)
+            self._tiles[key] = _TileLists(self, block_m, block_n)
         return self._tiles[key]
+
+    def built_tiles(self) -> list[TileShape]:
+        """The (direction, block_m, block_n) lists built so far."""
+        return [(d, bm, bn) for (bm, bn), lists in self._tiles.items() for d in lists.built]
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> BlockCausalLayout:
+        """This layout on device: the ranges and every list built so far, through pinned memory with
+        non_blocking to CUDA (to_device), without validating again. The tile masks stay behind."""
+        device = torch.device(device)
+        moved = object.__new__(BlockCausalLayout)
+        moved.num_tokens = self.num_tokens
+        moved.shared_start, moved.shared_end, moved.causal_start = (
+            to_device(x, device, non_blocking) for x in (self.shared_start, self.shared_end, self.causal_start)
+        )
+        moved.device = moved.shared_start.device
+        moved._tiles = {}
+        for (block_m, block_n), lists in self._tiles.items():
+            target = moved.tiles(block_m, block_n)
+            target.built = {d: v.to(device, non_blocking) for d, v in lists.built.items()}
+        return moved
 
     def visited_tiles(self, block_m: int, block_n: int) -> tuple[int, int]:
         """(full tiles, partial tiles) one head visits in the forward pass; for benchmarks and tests."""
@@ -132,18 +216,6 @@ def _raise_first_bad(
     if bool(bad_shared[idx]):
         raise ValueError(f"query token {idx}: shared range [{a}, {b}] is outside the stream [0, {t - 1}]")
     raise ValueError(f"query token {idx}: causal range [{s}, {idx}] starts before token 0")
-
-
-def _build_tiles(
-    shared_start: torch.Tensor,
-    shared_end: torch.Tensor,
-    causal_start: torch.Tensor,
-    block_m: int,
-    block_n: int,
-) -> _TileLists:
-    touched, full = _tile_masks(shared_start, shared_end, causal_start, block_m, block_n)
-    partial = touched & ~full
-    return _TileLists(by_query=_visit_lists(full, partial), by_key=_visit_lists(full.t(), partial.t()))
 
 
 def _tile_masks(

@@ -11,9 +11,17 @@ own stream with ranges local to the row (0..L-1): row r is offset by r * L and t
 stream of B * L tokens, so no query ever sees another row. Tokens of a row that are padding still
 need a non-empty range (e.g. causal_start = i) and their outputs are simply ignored.
 
-No dense mask is built: the mask function registered under the same name returns None (transformers
-5.23 would also skip mask creation for a name it does not know, but registering makes the intent
-explicit and lets us reject padding masks, which this implementation cannot honour).
+A prebuilt `BlockCausalLayout` (ranges validated and tile lists built on the host, moved to the device:
+what the fast path's collator makes) can be passed instead, as ``block_causal_layout=layout``; its ranges
+are stream indices of the flattened B * L tokens. Then nothing is validated or built in the forward,
+and no host-device sync happens there.
+
+No dense mask is built, and no mask function is registered: transformers skips mask creation for an
+attention name its mask interface does not know (`_preprocess_mask_arguments` exits early). Registering
+one would make it look for packed sequences in position_ids first (`find_packed_sequence_indices`,
+whose `.all()` is a host-device sync per forward) whenever no attention_mask is passed, as here. The
+price: transformers drops a 2-D padding mask before any attention runs (as for any attention name
+without a mask function), so pass none; a 4-D mask reaches the attention function, which refuses it.
 
 On CPU without the Triton interpreter (TRITON_INTERPRET=1), attention falls back to PyTorch SDPA over
 query blocks, each with a boolean mask over its key window built from the same ranges.
@@ -23,13 +31,12 @@ from __future__ import annotations
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
 
 from . import torch_attention
 from .block_causal_attention import block_causal_attention, interpreted
 from .block_layout import BlockCausalLayout
 
-__all__ = ["ATTENTION_NAME", "block_causal_attention_forward", "no_dense_mask", "register"]
+__all__ = ["ATTENTION_NAME", "block_causal_attention_forward", "register"]
 
 ATTENTION_NAME = "llmjepa_block_causal"
 _RANGE_NAMES = ("shared_start", "shared_end", "causal_start")
@@ -37,28 +44,9 @@ BACKENDS = ("auto", "triton", "torch")
 
 
 def register() -> None:
-    """Register the attention and mask functions under ATTENTION_NAME; calling it again is harmless."""
+    """Register the attention function under ATTENTION_NAME (and no mask function: module docstring);
+    calling it again is harmless."""
     AttentionInterface.register(ATTENTION_NAME, block_causal_attention_forward)
-    AttentionMaskInterface.register(ATTENTION_NAME, no_dense_mask)
-
-
-def no_dense_mask(
-    batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int = 0,
-    kv_offset: int = 0,
-    mask_function=None,
-    attention_mask: torch.Tensor | None = None,
-    **kwargs,
-) -> None:
-    """Mask function for transformers' mask interface: visibility comes from the ranges, so no mask."""
-    if attention_mask is not None and not bool(attention_mask.all()):
-        raise ValueError(
-            f"{ATTENTION_NAME} does not take padding masks: express visibility with shared_start, "
-            "shared_end and causal_start (padding tokens can keep causal_start = i) and drop attention_mask"
-        )
-    return None
 
 
 class _LayoutCache:
@@ -137,23 +125,27 @@ def block_causal_attention_forward(
     shared_end: torch.Tensor | None = None,
     causal_start: torch.Tensor | None = None,
     block_causal_backend: str = "auto",
+    block_causal_layout: BlockCausalLayout | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: query (B, Hq, L, D), key/value (B, Hkv, L, D) -> (B, L, Hq, D).
 
     block_causal_backend: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton"
-    or "torch" (the blockwise PyTorch form: a CPU training run under the interpreter would be slow)."""
+    or "torch" (the blockwise PyTorch form: a CPU training run under the interpreter would be slow).
+    block_causal_layout: a BlockCausalLayout of the B * L tokens on the query's device, used as is
+    (the range arguments are then ignored); without it the ranges are required."""
     ranges = (shared_start, shared_end, causal_start)
-    if any(r is None for r in ranges):
+    if block_causal_layout is None and any(r is None for r in ranges):
         missing = [name for name, r in zip(_RANGE_NAMES, ranges) if r is None]
         raise ValueError(
-            f"{ATTENTION_NAME} needs shared_start, shared_end and causal_start passed to the model's "
-            f"forward; missing: {missing}"
+            f"{ATTENTION_NAME} needs shared_start, shared_end and causal_start (or block_causal_layout) "
+            f"passed to the model's forward; missing: {missing}"
         )
     if attention_mask is not None:
         raise ValueError(
-            f"{ATTENTION_NAME} got an attention mask of shape {tuple(attention_mask.shape)}; it takes "
-            "visibility only from the ranges, so pass no attention_mask"
+            f"{ATTENTION_NAME} got an attention mask of shape {tuple(attention_mask.shape)}; it takes no "
+            "padding or dense masks: express visibility with shared_start, shared_end and causal_start "
+            "(padding tokens can keep causal_start = i) and pass no attention_mask"
         )
     if dropout:
         raise ValueError(f"{ATTENTION_NAME} has no attention dropout (got {dropout})")
@@ -165,7 +157,12 @@ def block_causal_attention_forward(
         raise ValueError(
             f"{ATTENTION_NAME} needs as many keys as queries (no KV cache), got {key.shape[2]} and {length}"
         )
-    layout = _CACHE.get(ranges, batch, length, query.device)
+    layout = block_causal_layout if block_causal_layout is not None else _CACHE.get(ranges, batch, length, query.device)
+    if layout.num_tokens != batch * length or layout.device != query.device:
+        raise ValueError(
+            f"block_causal_layout has {layout.num_tokens} tokens on {layout.device}; the attention runs "
+            f"{batch} x {length} tokens on {query.device}"
+        )
     q = query.transpose(1, 2).reshape(batch * length, q_heads, head_dim)
     k = key.transpose(1, 2).reshape(batch * length, key.shape[1], head_dim)
     v = value.transpose(1, 2).reshape(batch * length, value.shape[1], head_dim)

@@ -14,8 +14,9 @@ import random
 import pytest
 import torch
 from llmjepa_kernels import hf_attention, torch_attention
-from llmjepa_kernels.hf_attention import ATTENTION_NAME, block_causal_attention_forward, no_dense_mask, register
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from llmjepa_kernels.block_layout import BlockCausalLayout
+from llmjepa_kernels.hf_attention import ATTENTION_NAME, block_causal_attention_forward, register
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM, masking_utils
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_causal_mask
 
 BASE_SEED = int(os.environ.get("LLMJEPA_TEST_SEED", random.SystemRandom().randrange(2**31)))
@@ -181,7 +182,51 @@ def test_register_is_idempotent() -> None:
     register()
     register()
     assert AttentionInterface._global_mapping[ATTENTION_NAME] is block_causal_attention_forward
-    assert ALL_MASK_ATTENTION_FUNCTIONS[ATTENTION_NAME] is no_dense_mask
+    assert ATTENTION_NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping  # see the next test
+
+
+def test_transformers_does_not_look_for_packed_sequences(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a mask function registered under our name, transformers would scan position_ids for packed
+    sequences in every forward without attention_mask (`.all()` on the GPU: a host-device sync)."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("transformers looked for packed sequences in position_ids")
+
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", fail)
+    register()
+    model = tiny_llama()
+    model.set_attn_implementation(ATTENTION_NAME)
+    batch = make_batch(random.Random(BASE_SEED + 450), 1, 40)
+    assert (batch["position_ids"].diff() != 1).any()  # positions restart: a packed stream
+    model(**batch).logits.sum().backward()
+
+
+def test_prebuilt_layout_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """block_causal_layout=: no layout is built in the forward; outputs and gradients equal the run that
+    builds its layout from the ranges (both backends)."""
+    register()
+    model = tiny_llama()
+    model.set_attn_implementation(ATTENTION_NAME)
+    batch = make_batch(random.Random(BASE_SEED + 460), 2, 24)
+    weight = torch.randn(2, 24, VOCAB, generator=torch.Generator().manual_seed(BASE_SEED))
+    common = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    offset = torch.arange(2)[:, None] * 24  # flat stream indices of the B * L tokens (empty ranges stay empty)
+    flat = [(batch[n].long() + offset).reshape(-1) for n in ("shared_start", "shared_end", "causal_start")]
+    for backend in ("torch", "triton") if hf_attention._use_triton(torch.device("cpu")) else ("torch",):
+        ranges = {n: batch[n] for n in ("shared_start", "shared_end", "causal_start")}
+        want = logits_and_grads(model, weight, **common, **ranges, block_causal_backend=backend)
+        layout = BlockCausalLayout(*flat, tiles=[("by_query", 16, 16), ("by_key", 16, 16)])
+
+        def no_build(*args):
+            raise AssertionError("a layout was built although one was passed")
+
+        monkeypatch.setattr(hf_attention, "_build_layout", no_build)
+        got = logits_and_grads(model, weight, **common, block_causal_layout=layout, block_causal_backend=backend)
+        monkeypatch.undo()
+        for name, x, r in zip(names(model), got, want):
+            assert torch.equal(x, r), f"{backend}: {name} differs"
+    with pytest.raises(ValueError, match="block_causal_layout has 48 tokens"):
+        model(input_ids=batch["input_ids"][:1], position_ids=batch["position_ids"][:1], block_causal_layout=layout)
 
 
 def test_errors() -> None:
@@ -192,10 +237,11 @@ def test_errors() -> None:
     batch = make_batch(rng, 2, 12)
     with pytest.raises(ValueError, match="missing: \\['causal_start'\\]"):
         model(**{k: v for k, v in batch.items() if k != "causal_start"})
-    padding = torch.ones(2, 12, dtype=torch.long)
-    padding[1, -1] = 0
-    with pytest.raises(ValueError, match="does not take padding masks"):
-        model(**batch, attention_mask=padding)
+    # a 4-D mask reaches the attention function, which refuses it (transformers drops 2-D padding masks
+    # for an attention name without a mask function before any attention runs: module docstring)
+    dense = torch.zeros(2, 1, 12, 12)
+    with pytest.raises(ValueError, match="takes no padding or dense masks"):
+        model(**batch, attention_mask=dense)
     crossing = dict(batch, shared_end=batch["shared_end"].clone(), shared_start=batch["shared_start"].clone())
     crossing["shared_start"][1, 3], crossing["shared_end"][1, 3] = 0, 12
     with pytest.raises(ValueError, match="row 1, token 3"):
