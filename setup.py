@@ -23,12 +23,15 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "flash": ["flash-attn"],
+        "eval": ["vllm"],  # optional: llmjepa-eval uses vLLM when installed (with CUDA), HF generate otherwise
         "test": ["pytest", "pytest-benchmark", "ruff", "triton>=3.0"],
     },
     entry_points={
         "console_scripts": [
             "llmjepa-train=llmjepa.cli:main",
             "llmjepa-parity=llmjepa.parity:main",
+            "llmjepa-eval=llmjepa.evaluate:main",
+            "llmjepa-sweep=llmjepa.sweep:main",
         ]
     },
 )
