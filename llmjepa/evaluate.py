@@ -221,6 +221,20 @@ def load_done(out: Path, examples: list[Example]) -> dict[int, dict]:
     return done
 
 
+def drop_partial_lines(path: Path) -> None:
+    """An interrupted write leaves a line cut short (and no newline): remove it before appending."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            json.loads(line)
+            kept.append(line + "\n")
+        except json.JSONDecodeError:
+            pass
+    path.write_text("".join(kept), encoding="utf-8")
+
+
 def check_run_config(out: Path, config: dict, overwrite: bool, rank: int) -> None:
     """A resumed run must be the same run: same input, model and generation settings."""
     path = out / RUN_CONFIG
@@ -313,6 +327,7 @@ def evaluate_model(name: str, examples: list[Example], args: argparse.Namespace,
     check_run_config(out, config, args.overwrite, rank)
     barrier(world)  # --overwrite's removal done before anyone reads
     done = load_done(out, examples)
+    drop_partial_lines(rank_file(out, rank, world))
     pending = [i for i in range(len(examples)) if i not in done and i % world == rank]
     model, tokenizer = load_for_eval(name, args, device)
     torch.manual_seed(settings.seed)
