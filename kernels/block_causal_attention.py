@@ -16,6 +16,7 @@ GQA reduction of dK/dV happens in registers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -63,6 +64,12 @@ class AttentionConfig:
 # ----------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------
+
+# Integers that change from one packed stream to the next. Triton would otherwise specialize them (1
+# becomes a constant, multiples of 16 get a divisibility hint) and compile a new kernel for new values.
+# The strides of q/k/v/out rows and heads keep their hints: they enable vectorized loads and stay fixed
+# for a model (a head-major view's head stride T * head_dim is a multiple of 16 when head_dim is).
+_PER_STREAM_ARGS = ["num_tokens", "stride_full", "stride_part"]
 
 
 @triton.jit
@@ -136,7 +143,7 @@ def _fwd_tile(
     return acc, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_PER_STREAM_ARGS)
 def _attn_fwd_kernel(
     Q, K, V, OUT, LSE,
     SHARED_START, SHARED_END, CAUSAL_START,
@@ -148,7 +155,8 @@ def _attn_fwd_kernel(
 ):  # fmt: skip
     # Last query blocks first: under causal masking they tend to carry the most tiles.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    head = tl.program_id(1)
+    # int64 head: head * stride_qh and head * num_tokens pass 2^31 on long streams with many heads.
+    head = tl.program_id(1).to(tl.int64)
     kv_head = head // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -162,13 +170,13 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for it in range(tl.load(FULL_COUNT + pid_m)):
-        n = tl.load(FULL_INDEX + pid_m * stride_full + it)
+        n = tl.load(FULL_INDEX + pid_m.to(tl.int64) * stride_full + it)
         acc, m_i, l_i = _fwd_tile(
             acc, m_i, l_i, q, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt,
             scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, False, PRECISION,
         )  # fmt: skip
     for it in range(tl.load(PART_COUNT + pid_m)):
-        n = tl.load(PART_INDEX + pid_m * stride_part + it)
+        n = tl.load(PART_INDEX + pid_m.to(tl.int64) * stride_part + it)
         acc, m_i, l_i = _fwd_tile(
             acc, m_i, l_i, q, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt,
             scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, True, PRECISION,
@@ -189,13 +197,13 @@ def _attn_fwd_kernel(
     tl.store(LSE + head * num_tokens + offs_m, m_i + tl.math.log2(l_safe), mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])
 def _bwd_delta_kernel(
     OUT, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, num_tokens,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
-    head = tl.program_id(1)
+    head = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < num_tokens
@@ -233,7 +241,7 @@ def _dkdv_tile(
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_PER_STREAM_ARGS)
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA,
     SHARED_START, SHARED_END, CAUSAL_START,
@@ -245,7 +253,7 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    kv_head = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     col_ok = offs_n < num_tokens
@@ -263,14 +271,14 @@ def _attn_bwd_dkdv_kernel(
         lse_base = LSE + head * num_tokens
         delta_base = DELTA + head * num_tokens
         for it in range(num_full):
-            m = tl.load(FULL_INDEX + pid_n * stride_full + it)
+            m = tl.load(FULL_INDEX + pid_n.to(tl.int64) * stride_full + it)
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, m, offs_n, q_base, do_base, lse_base, delta_base,
                 SHARED_START, SHARED_END, CAUSAL_START, num_tokens, stride_qt, stride_dot, scale_log2,
                 BLOCK_M, BLOCK_D, HEAD_DIM, False, PRECISION,
             )  # fmt: skip
         for it in range(num_part):
-            m = tl.load(PART_INDEX + pid_n * stride_part + it)
+            m = tl.load(PART_INDEX + pid_n.to(tl.int64) * stride_part + it)
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, m, offs_n, q_base, do_base, lse_base, delta_base,
                 SHARED_START, SHARED_END, CAUSAL_START, num_tokens, stride_qt, stride_dot, scale_log2,
@@ -315,7 +323,7 @@ def _dq_tile(
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_PER_STREAM_ARGS)
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA,
     SHARED_START, SHARED_END, CAUSAL_START,
@@ -327,7 +335,7 @@ def _attn_bwd_dq_kernel(
     BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    head = tl.program_id(1)
+    head = tl.program_id(1).to(tl.int64)
     kv_head = head // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -341,13 +349,13 @@ def _attn_bwd_dq_kernel(
     v_base = V + kv_head * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for it in range(tl.load(FULL_COUNT + pid_m)):
-        n = tl.load(FULL_INDEX + pid_m * stride_full + it)
+        n = tl.load(FULL_INDEX + pid_m.to(tl.int64) * stride_full + it)
         dq = _dq_tile(
             dq, q, do, lse, delta, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt,
             scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, False, PRECISION,
         )  # fmt: skip
     for it in range(tl.load(PART_COUNT + pid_m)):
-        n = tl.load(PART_INDEX + pid_m * stride_part + it)
+        n = tl.load(PART_INDEX + pid_m.to(tl.int64) * stride_part + it)
         dq = _dq_tile(
             dq, q, do, lse, delta, k_base, v_base, n, offs_m, a, b, s, num_tokens, stride_kt, stride_vt,
             scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, True, PRECISION,
@@ -369,9 +377,18 @@ def _attn_bwd_dq_kernel(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make the tensors' GPU current for a launch: Triton launches on the current CUDA device, and
+    tensors on cuda:1 launched while cuda:0 is current would fault. CPU tensors (interpreter): no-op."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+_INTERPRETED = isinstance(_attn_fwd_kernel, InterpretedFunction)
+
+
 def interpreted() -> bool:
     """True when Triton runs its CPU interpreter (TRITON_INTERPRET=1 was set before importing triton)."""
-    return isinstance(_attn_fwd_kernel, InterpretedFunction)
+    return _INTERPRETED
 
 
 def default_config(head_dim: int, dtype: torch.dtype) -> AttentionConfig:
@@ -475,18 +492,19 @@ def _forward(
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(hq, t, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(t, config.block_m), hq)
-    _attn_fwd_kernel[grid](
-        q, k, v, out, lse,
-        layout.shared_start, layout.shared_end, layout.causal_start,
-        lists.full_count, lists.full_index, lists.part_count, lists.part_index,
-        lists.full_index.stride(0), lists.part_index.stride(0),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1),
-        t, scale * _LOG2E,
-        GROUP=hq // k.shape[1], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_D=_block_d(d), HEAD_DIM=d, PRECISION=_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )  # fmt: skip
+    with _device_guard(q.device):
+        _attn_fwd_kernel[grid](
+            q, k, v, out, lse,
+            layout.shared_start, layout.shared_end, layout.causal_start,
+            lists.full_count, lists.full_index, lists.part_count, lists.part_index,
+            lists.full_index.stride(0), lists.part_index.stride(0),
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1),
+            t, scale * _LOG2E,
+            GROUP=hq // k.shape[1], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            BLOCK_D=_block_d(d), HEAD_DIM=d, PRECISION=_precision(q.dtype),
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
     return out, lse
 
 
@@ -511,10 +529,11 @@ def _backward(
 def _delta(out: torch.Tensor, dout: torch.Tensor, config: KernelConfig) -> torch.Tensor:
     t, hq, d = out.shape
     delta = torch.empty(hq, t, dtype=torch.float32, device=out.device)
-    _bwd_delta_kernel[(triton.cdiv(t, config.block_m), hq)](
-        out, dout, delta, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), t,
-        BLOCK_M=config.block_m, BLOCK_D=_block_d(d), HEAD_DIM=d, num_warps=config.num_warps,
-    )  # fmt: skip
+    with _device_guard(out.device):
+        _bwd_delta_kernel[(triton.cdiv(t, config.block_m), hq)](
+            out, dout, delta, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), t,
+            BLOCK_M=config.block_m, BLOCK_D=_block_d(d), HEAD_DIM=d, num_warps=config.num_warps,
+        )  # fmt: skip
     return delta
 
 
@@ -533,18 +552,19 @@ def _dkdv(
     lists = layout.tiles(config.block_m, config.block_n).by_key
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    _attn_bwd_dkdv_kernel[(triton.cdiv(t, config.block_n), k.shape[1])](
-        q, k, v, dout, dk, dv, lse, delta,
-        layout.shared_start, layout.shared_end, layout.causal_start,
-        lists.full_count, lists.full_index, lists.part_count, lists.part_index,
-        lists.full_index.stride(0), lists.part_index.stride(0),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        t, scale, scale * _LOG2E,
-        GROUP=hq // k.shape[1], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_D=_block_d(d), HEAD_DIM=d, PRECISION=_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )  # fmt: skip
+    with _device_guard(q.device):
+        _attn_bwd_dkdv_kernel[(triton.cdiv(t, config.block_n), k.shape[1])](
+            q, k, v, dout, dk, dv, lse, delta,
+            layout.shared_start, layout.shared_end, layout.causal_start,
+            lists.full_count, lists.full_index, lists.part_count, lists.part_index,
+            lists.full_index.stride(0), lists.part_index.stride(0),
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            t, scale, scale * _LOG2E,
+            GROUP=hq // k.shape[1], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            BLOCK_D=_block_d(d), HEAD_DIM=d, PRECISION=_precision(q.dtype),
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
     return dk, dv
 
 
@@ -562,18 +582,19 @@ def _dq(
     t, hq, d = q.shape
     lists = layout.tiles(config.block_m, config.block_n).by_query
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    _attn_bwd_dq_kernel[(triton.cdiv(t, config.block_m), hq)](
-        q, k, v, dout, dq, lse, delta,
-        layout.shared_start, layout.shared_end, layout.causal_start,
-        lists.full_count, lists.full_index, lists.part_count, lists.part_index,
-        lists.full_index.stride(0), lists.part_index.stride(0),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
-        t, scale, scale * _LOG2E,
-        GROUP=hq // k.shape[1], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_D=_block_d(d), HEAD_DIM=d, PRECISION=_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )  # fmt: skip
+    with _device_guard(q.device):
+        _attn_bwd_dq_kernel[(triton.cdiv(t, config.block_m), hq)](
+            q, k, v, dout, dq, lse, delta,
+            layout.shared_start, layout.shared_end, layout.causal_start,
+            lists.full_count, lists.full_index, lists.part_count, lists.part_index,
+            lists.full_index.stride(0), lists.part_index.stride(0),
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
+            t, scale, scale * _LOG2E,
+            GROUP=hq // k.shape[1], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            BLOCK_D=_block_d(d), HEAD_DIM=d, PRECISION=_precision(q.dtype),
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
     return dq
 
 

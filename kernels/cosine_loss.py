@@ -19,6 +19,8 @@ summation order of colliding rows is not deterministic (fp32 rounding level).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -30,12 +32,18 @@ _REDUCTIONS = ("mean", "sum")
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-@triton.jit
+# P, Q (and GRAD) are read one scalar per program, so their alignment buys nothing, while index
+# tensors sliced from one pair tensor change alignment with the pair count: no hint, no recompiles.
+# The pair count is the grid; T never reaches the kernels; stride_h and dim are fixed for a model.
+_ONE_SCALAR_POINTERS = ["P", "Q", "GRAD"]
+
+
+@triton.jit(do_not_specialize_on_alignment=_ONE_SCALAR_POINTERS[:2])
 def _pair_loss_fwd_kernel(
     H, P, Q, LOSS, COS, STATS, stride_h, dim, eps,
     KIND: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    pair = tl.program_id(0)
+    pair = tl.program_id(0).to(tl.int64)  # pair * 3 in 64 bits
     row_a = tl.load(P + pair).to(tl.int64)
     row_b = tl.load(Q + pair).to(tl.int64)
     offs = tl.arange(0, BLOCK_D)
@@ -73,12 +81,12 @@ def _pair_loss_fwd_kernel(
     tl.store(STATS + pair * 3 + 2, dist)
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=_ONE_SCALAR_POINTERS)
 def _pair_loss_bwd_kernel(
     H, P, Q, COS, STATS, GRAD, DH, stride_h, dim, eps, grad_scale,
     KIND: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    pair = tl.program_id(0)
+    pair = tl.program_id(0).to(tl.int64)  # pair * 3 in 64 bits
     row_a = tl.load(P + pair).to(tl.int64)
     row_b = tl.load(Q + pair).to(tl.int64)
     # d(reduced loss) / d(pair loss): the incoming scalar gradient, divided by n for "mean".
@@ -114,6 +122,11 @@ def _pair_loss_bwd_kernel(
         tl.atomic_add(DH + row_b * dim + cols, grad_b, mask=ok, sem="relaxed")
 
 
+def _device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make the tensors' GPU current for a launch (Triton launches on the current CUDA device); no-op on CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _block_d(dim: int) -> int:
     return min(1024, max(16, triton.next_power_of_2(dim)))
 
@@ -136,10 +149,11 @@ class JepaPairLossFunction(torch.autograd.Function):
         loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
         cos = torch.empty(n, dtype=torch.float32, device=hidden.device)
         stats = torch.empty(n, 3, dtype=torch.float32, device=hidden.device)
-        _pair_loss_fwd_kernel[(n,)](
-            hidden, pred_index, target_index, loss, cos, stats, hidden.stride(0), dim, eps,
-            KIND=kind, BLOCK_D=_block_d(dim), num_warps=4,
-        )  # fmt: skip
+        with _device_guard(hidden.device):
+            _pair_loss_fwd_kernel[(n,)](
+                hidden, pred_index, target_index, loss, cos, stats, hidden.stride(0), dim, eps,
+                KIND=kind, BLOCK_D=_block_d(dim), num_warps=4,
+            )  # fmt: skip
         total = loss.sum() if reduction == "sum" else loss.mean()
         ctx.save_for_backward(hidden, pred_index, target_index, cos, stats)
         ctx.kind = kind
@@ -153,11 +167,12 @@ class JepaPairLossFunction(torch.autograd.Function):
         hidden, pred_index, target_index, cos, stats = ctx.saved_tensors
         dim = hidden.shape[1]
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
-        _pair_loss_bwd_kernel[(pred_index.numel(),)](
-            hidden, pred_index, target_index, cos, stats, grad_total.reshape(1).contiguous(),
-            grad_hidden, hidden.stride(0), dim, ctx.eps, ctx.grad_scale,
-            KIND=ctx.kind, BLOCK_D=_block_d(dim), num_warps=4,
-        )  # fmt: skip
+        with _device_guard(hidden.device):
+            _pair_loss_bwd_kernel[(pred_index.numel(),)](
+                hidden, pred_index, target_index, cos, stats, grad_total.reshape(1).contiguous(),
+                grad_hidden, hidden.stride(0), dim, ctx.eps, ctx.grad_scale,
+                KIND=ctx.kind, BLOCK_D=_block_d(dim), num_warps=4,
+            )  # fmt: skip
         return grad_hidden.to(hidden.dtype), None, None, None, None, None
 
 
@@ -180,6 +195,7 @@ def cosine_jepa_loss(
     reduction: str = "mean",
     kind: str = "cosine",
     eps: float = 1e-8,
+    check_indices: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """JEPA loss between rows pred_index[k] and target_index[k] of hidden (T, D).
 
@@ -188,6 +204,11 @@ def cosine_jepa_loss(
     Returns (loss, cos): loss a float32 scalar (accumulated in fp32 whatever hidden's dtype),
     differentiable w.r.t. hidden; cos the detached float32 per-pair cosine similarities (for
     logging, whatever the kind).
+
+    check_indices: raise IndexError when an index lies outside [0, T - 1] (the kernels read and write
+    rows without bounds checks). On CUDA indices that check is a host-device sync; callers that
+    validated the indices on the host, where the pairs are packed, pass False to launch without one.
+    CPU indices are checked whatever this says (it costs no sync there).
     """
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a (T, D) tensor, got {getattr(hidden, 'shape', type(hidden))}")
@@ -211,10 +232,11 @@ def cosine_jepa_loss(
         return hidden.float().sum() * 0.0, torch.empty(0, dtype=torch.float32, device=hidden.device)
     if dim == 0:
         raise ValueError("hidden has zero features")
-    for name, index in (("pred_index", pred_index), ("target_index", target_index)):
-        # Out-of-range rows would be read and written by the kernels without bounds checks.
-        if bool(((index < 0) | (index >= t)).any()):
-            raise IndexError(f"{name} has entries outside [0, {t - 1}]")
+    if check_indices or hidden.device.type == "cpu":
+        for name, index in (("pred_index", pred_index), ("target_index", target_index)):
+            # Out-of-range rows would be read and written by the kernels without bounds checks.
+            if bool(((index < 0) | (index >= t)).any()):
+                raise IndexError(f"{name} has entries outside [0, {t - 1}]")
     if hidden.stride(1) != 1:
         hidden = hidden.contiguous()
     return JepaPairLossFunction.apply(

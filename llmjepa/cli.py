@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: on with CUDA (as upstream), off on CPU",
     )
     ours.add_argument("--dropout", type=float, default=None, help="override the model's attention dropout")
+    ours.add_argument("--eval_accuracy", action="store_true", help="generation accuracy at each evaluation")
+    ours.add_argument("--eval_accuracy_samples", type=int, default=32, help="eval examples it generates for")
+    ours.add_argument("--eval_accuracy_max_new_tokens", type=int, default=128)
     return p
 
 

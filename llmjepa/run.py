@@ -262,6 +262,10 @@ def build_run(args: argparse.Namespace) -> Run:
         metrics_path=metrics_path,
         track_flops=args.track_flop,
     )
+    if args.eval_accuracy:  # llmjepa-eval's accuracy at each evaluation, logged through trainer.log
+        from .eval_callback import add_accuracy_callback
+
+        add_accuracy_callback(trainer, eval_examples, tokenizer, cfg, args)
     return Run(trainer, metrics_path)
 
 
