@@ -6,26 +6,32 @@ running only what the losses read:
 
 - Packing, prefix sharing and view truncation: `pack.pack_plan` (one padding-free stream).
 - Logits only where labels are. The backbone returns hidden states; view 1's label positions go
-  through the LM head in chunks with the cross entropy, each chunk recomputed in backward
-  (checkpointed), so no (tokens x vocab) logits tensor exists.
+  through the LM head with the cross entropy (`lm_head.lm_head_cross_entropy_sum`: torch's chunked
+  F.linear_cross_entropy, or checkpointed chunks), with the head's softcapping or logit scale, so no
+  (tokens x vocab) logits tensor exists.
 
 Attention runs through `llmjepa_kernels.hf_attention` (the Triton kernel on CUDA; on CPU its
 PyTorch form of the same ranges, so this path runs and is tested everywhere).
+
+No host-device sync in a microbatch's forward and backward: the collator validates the ranges and
+builds the kernels' tile lists on the host (`host_layout`), the stream and its layout go to the GPU
+through pinned memory without blocking, and nothing here reads a device value (docs/fast_path.md).
 """
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .errors import UserError
 from .execute import Executed, model_dtype_device
-from .losses import token_cross_entropy_sum
-from .pack import pack_plan
+from .lm_head import head_transform, lm_head_cross_entropy_sum
+from .pack import PackedStream, pack_plan
 from .plan import ViewPlan
 
-LOGITS_PER_CHUNK = 2**26  # chunk tokens x vocab: 256 MiB of float32 logits at a time
-# Config fields of LM heads that do more than a linear layer; the fast path's loss is lm_head alone.
-LM_HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+if TYPE_CHECKING:
+    from llmjepa_kernels.block_layout import BlockCausalLayout, TileShape
 
 
 # ---- the model -----------------------------------------------------------------------------
@@ -37,38 +43,73 @@ def unwrap(model: nn.Module) -> nn.Module:
 def check_fast_supported(model: nn.Module) -> None:
     """Refuse, before training, what the fast path would get wrong."""
     config = unwrap(model).config
-    values = {name: getattr(config, name, None) for name in LM_HEAD_EXTRAS}
-    extras = [f"{name}={value}" for name, value in values.items() if value not in (None, 1, 1.0)]
-    if extras:
-        raise UserError(
-            f"--impl fast computes logits as lm_head(hidden) alone; this model's head also applies "
-            f"{', '.join(extras)}. Use --impl reference"
-        )
+    head_transform(config)  # softcapping and logit scales are handled; a head it cannot tell is refused
     dropout = getattr(config, "attention_dropout", 0.0) or 0.0
     if dropout:
         raise UserError(f"--impl fast has no attention dropout (the model's is {dropout}); use --impl reference")
 
 
-def lm_head_cross_entropy_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-    """Sum of cross entropy of lm_head(hidden) against targets, a chunk of rows at a time.
-
-    Each chunk is checkpointed: backward recomputes its logits, so at most one chunk of logits
-    (LOGITS_PER_CHUNK elements) is alive at once, in forward and in backward."""
-    total = hidden.new_zeros((), dtype=torch.float32)
-    chunk = max(1, LOGITS_PER_CHUNK // lm_head.weight.shape[0])
-    for i in range(0, hidden.shape[0], chunk):
-        h, y = hidden[i : i + chunk], targets[i : i + chunk]
-        total = total + checkpoint(_chunk_cross_entropy_sum, h, y, lm_head, use_reentrant=False)
-    return total
-
-
-def _chunk_cross_entropy_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-    return token_cross_entropy_sum(lm_head(hidden), targets)
-
-
 def attention_backend(device: torch.device) -> str:
     """The Triton kernel on CUDA; on CPU, PyTorch over the same ranges (the interpreter is for kernel tests)."""
     return "auto" if device.type == "cuda" else "torch"
+
+
+# ---- the stream's layout, built on the host ------------------------------------------------------
+@dataclass(frozen=True)
+class AttentionShape:
+    """What the Triton attention's tile shapes depend on (`default_config(head_dim, dtype)`)."""
+
+    head_dim: int
+    dtype: torch.dtype
+
+
+@dataclass
+class StreamWithLayout(PackedStream):
+    """A packed stream with its attention layout (ranges validated, tile lists built on the host);
+    `to(device)` moves both without blocking."""
+
+    layout: "BlockCausalLayout | None" = None
+
+    def to(self, device: torch.device) -> "StreamWithLayout":
+        moved = super().to(device)  # the layout rides along unmoved; move it here
+        moved.layout = self.layout.to(device, non_blocking=True) if self.layout is not None else None
+        return moved
+
+
+def attention_shape(model: nn.Module) -> AttentionShape:
+    """Head dim and dtype of a model's attention, what the Triton kernels' tile shapes depend on."""
+    config = unwrap(model).config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dtype, _ = model_dtype_device(model)
+    return AttentionShape(head_dim, dtype)
+
+
+def triton_attention_shape(model: nn.Module) -> AttentionShape | None:
+    """The model's AttentionShape where the fast path will run the Triton kernel (CUDA), else None (the
+    PyTorch form reads the ranges only). For the collator: which tile lists to build."""
+    return attention_shape(model) if torch.cuda.is_available() else None
+
+
+def kernel_tiles(shape: AttentionShape | None) -> "list[TileShape]":
+    """The tile lists the Triton kernels read for this shape: forward and dQ by query block, dK/dV by
+    key block, each of its own tile shape (default_config); none without a shape."""
+    if shape is None:
+        return []
+    from llmjepa_kernels.block_causal_attention import default_config
+
+    config = default_config(shape.head_dim, shape.dtype)
+    wanted = [("by_query", config.forward), ("by_key", config.dkdv), ("by_query", config.dq)]
+    return list(dict.fromkeys((direction, k.block_m, k.block_n) for direction, k in wanted))
+
+
+def host_layout(stream: PackedStream, shape: AttentionShape | None) -> StreamWithLayout:
+    """The stream with its layout, built where the stream lives (the collator's CPU): the ranges
+    validated and the tile lists for `shape` built there, so the step reads no device value for them."""
+    from llmjepa_kernels.block_layout import BlockCausalLayout
+
+    layout = BlockCausalLayout(stream.shared_start, stream.shared_end, stream.causal_start, tiles=kernel_tiles(shape))
+    fields = {name: value for name, value in vars(stream).items() if name != "layout"}
+    return StreamWithLayout(**fields, layout=layout)
 
 
 def run_fast(
@@ -78,19 +119,24 @@ def run_fast(
     be llmjepa_kernels.hf_attention.ATTENTION_NAME. pad_token_id is unused: there is no padding.
     attention: "triton" or "torch" to override the per-device choice (tests run the kernel on CPU)."""
     _, device = model_dtype_device(model)
-    stream = (plan.packed if plan.packed is not None else pack_plan(plan)).to(device)
+    backend = attention or attention_backend(device)
+    stream = plan.packed if plan.packed is not None else pack_plan(plan)
+    if getattr(stream, "layout", None) is None:  # not packed by the collator: build the layout here, on the host
+        triton = backend == "triton" or (backend == "auto" and device.type == "cuda")
+        stream = host_layout(stream, attention_shape(model) if triton else None)
+    stream = stream.to(device)
     out = model(
         input_ids=stream.input_ids[None],
         position_ids=stream.position_ids[None],
-        shared_start=stream.shared_start,
-        shared_end=stream.shared_end,
-        causal_start=stream.causal_start,
-        block_causal_backend=attention or attention_backend(device),
+        block_causal_layout=stream.layout,
+        block_causal_backend=backend,
         logits_to_keep=stream.label_index[:0],  # no logits from the model: the loss below makes its own
         output_hidden_states=True,
         use_cache=False,
     )
     hidden = out.hidden_states[-1][0]
-    lm_head = unwrap(model).get_output_embeddings()
-    ce_sum = lm_head_cross_entropy_sum(hidden[stream.label_index], stream.label_target, lm_head)
+    base = unwrap(model)
+    ce_sum = lm_head_cross_entropy_sum(
+        hidden[stream.label_index], stream.label_target, base.get_output_embeddings(), head_transform(base.config)
+    )
     return Executed(ce_sum, hidden, stream.pred_index, stream.target_index)
