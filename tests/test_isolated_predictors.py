@@ -152,7 +152,7 @@ def by_hand(model, batch, cfg: ViewConfig, pred_ids: list[int]) -> tuple[torch.T
 
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.double(), ref.double()
+    x, ref = x.detach().double(), ref.detach().double()
     assert torch.isfinite(x).all()
     return float((x - ref).norm() / ref.norm().clamp_min(1e-300))
 
@@ -180,6 +180,38 @@ def test_executors_equal_the_computation_by_hand(tokenizer, examples, models, n_
                 # float64 weights, but Llama's RMSNorm computes in float32: float32-level agreement
                 print(f"{name}: {what} rel err {rel(x, r):.2e}")
                 assert rel(x, r) < 1e-6, f"{name}: {what} rel err {rel(x, r):.2e}"
+
+
+@pytest.mark.parametrize("localized", [True, False], ids=["localized", "not-localized"])
+def test_triton_kernel_in_float32(tokenizer, examples, models, localized: bool) -> None:
+    """The path CUDA takes: run_fast with the Triton attention (CPU interpreter), float32, one example,
+    N = 2, K = 2: embeddings, loss and gradients against the by-hand computation and the reference."""
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("the Triton kernel needs CUDA or TRITON_INTERPRET=1 (set by conftest without CUDA)")
+    reference, fast = (copy.deepcopy(m).float() for m in models)
+    cfg = isolated(2, 2, localized)
+    batch, _ = encode_all(examples[:1], tokenizer, cfg)
+    pred_ids = predictor_ids(tokenizer, 2)
+    plan = build_plan(batch, cfg, pred_ids)
+    with torch.no_grad():
+        want = by_hand(reference, batch, cfg, pred_ids)
+    results = {}
+    for name, model, run in (
+        ("reference", reference, lambda m: run_reference(m, plan, tokenizer.pad_token_id)),
+        ("triton", fast, lambda m: run_fast(m, plan, attention="triton")),
+    ):
+        executed = run(model)
+        pred, target = executed.hidden[executed.pred_index], executed.hidden[executed.target_index]
+        got = (executed.ce_sum, pred, target)
+        for what, x, r in zip(("ce_sum", "predictor embeddings", "target embeddings"), got, want):
+            assert rel(x, r) < 1e-5, f"{name}: {what} rel err {rel(x, r):.2e}"
+        loss = executed.ce_sum + (1 - torch.nn.functional.cosine_similarity(pred, target, dim=-1)).sum()
+        model.zero_grad()
+        loss.backward()
+        results[name] = [p.grad.double() for p in model.parameters() if p.grad is not None]
+    worst = max(rel(g, r) for g, r in zip(results["triton"], results["reference"]))
+    print(f"gradient rel err (triton vs reference, float32) {worst:.2e}")
+    assert len(results["triton"]) == len(results["reference"]) and worst < 1e-5
 
 
 # ---- training ---------------------------------------------------------------------------------------
