@@ -8,11 +8,13 @@ one line and exits 2.
 """
 
 import argparse
+import math
 import os
 import sys
 
 from .errors import UserError
 
+POSITIVE_INTS = ("batch_size", "grad_accum", "num_epochs", "logging_steps", "eval_steps")
 JEPA_ONLY_FLAGS = (
     "additive_mask",
     "jepa_l2",
@@ -105,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="executor of the views: reference (padded rows, dense masks, upstream semantics) or fast (one "
         "packed stream, Triton attention on CUDA); default: fast where CUDA and Triton are present",
     )
+    ours.add_argument(
+        "--attention_backend",
+        choices=["triton", "flex", "torch"],
+        default=None,
+        help="--impl fast's attention: the Triton kernel, torch's FlexAttention (trains on CUDA only) or the "
+        "PyTorch form; default: triton on CUDA, torch on the CPU",
+    )
     ours.add_argument("--max_train_steps", type=int, default=-1)
     ours.add_argument("--logging_steps", type=int, default=1)
     ours.add_argument("--save_steps", type=int, default=0, help="checkpoint every N steps (0: every epoch)")
@@ -142,6 +151,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         args.lbd = 0.1
     if args.impl is None:
         args.impl = "fast" if fast_path_available() else "reference"
+    args.attention_backend = attention_backend_choice(args)
     if sum([args.jepa_l2, args.jepa_mse, args.infonce]) > 1:
         raise UserError("choose one of --jepa_l2, --jepa_mse, --infonce")
     if args.train_all and args.upstream_labels:
@@ -151,10 +161,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.eval_split is not None and not args.data_file:
         raise UserError("--eval_split splits --data_file; with --train_file use --eval_file")
     args.eval_split = 0.2 if args.eval_split is None else args.eval_split
-    if not 0 <= args.eval_split < 1:
-        raise UserError("--eval_split must be in [0, 1)")
-    if args.num_prediction_steps < 0 or not 0 <= args.predictors <= 10:
-        raise UserError("--num_prediction_steps must be >= 0 and --predictors in 0..10")
+    check_numbers(args)
     if args.num_prediction_steps > 0:
         bad = [f"--{f}" for f in ("additive_mask", "front_pred", "reverse_pred") if getattr(args, f)]
         if bad:
@@ -163,21 +170,102 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--isolated_predictors needs --num_prediction_steps >= 1 (docs/views.md says why)")
     elif not args.localized_masks or not args.include_last_step_target:
         raise UserError("--no_localized_masks and --omit_last_step_target need --num_prediction_steps >= 1")
-    for name in ("batch_size", "grad_accum", "max_length", "num_epochs", "logging_steps", "eval_steps"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be >= 1")
-    if args.jepa_ratio > 1 or args.max_length < 8:
-        raise UserError("--jepa_ratio must be <= 1 and --max_length >= 8")
-    if args.lora_rank < 1:
-        raise UserError("--lora_rank must be >= 1")
     if not args.step_separator:
         raise UserError("--step_separator must not be empty")
+    check_paths(args)
+    return args
+
+
+SEED_RANGE = (0, 2**32 - 1)  # numpy's, which transformers.set_seed seeds too
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric flag finite and in its range, before anything is loaded: one line naming the flag."""
+    rules: list[tuple[str, bool, str]] = [
+        ("learning_rate", args.learning_rate >= 0, "a finite number >= 0"),
+        ("lbd", args.lbd >= 0, "a finite number >= 0"),
+        ("gamma", args.gamma >= 0, "a finite number >= 0"),
+        ("eval_split", 0 <= args.eval_split < 1, "in [0, 1)"),
+        ("jepa_ratio", args.jepa_ratio <= 1, "<= 1 (a fraction of microbatches; <= 0: all)"),
+        ("dropout", args.dropout is None or 0 <= args.dropout < 1, "in [0, 1)"),
+        ("num_prediction_steps", args.num_prediction_steps >= 0, ">= 0"),
+        ("predictors", 0 <= args.predictors <= 10, "in 0..10"),
+        ("max_length", args.max_length >= 8, ">= 8"),
+        ("max_train_steps", args.max_train_steps == -1 or args.max_train_steps >= 1, ">= 1, or -1 (--num_epochs)"),
+        ("save_steps", args.save_steps >= 0, ">= 0 (0: every epoch)"),
+        ("debug", args.debug >= 0, ">= 0"),
+        ("lora_rank", args.lora_rank >= 1, ">= 1"),
+        ("last_token", args.last_token <= -1, "<= -1 (an index from the end)"),
+        ("finetune_seed", SEED_RANGE[0] <= args.finetune_seed <= SEED_RANGE[1], f"in {SEED_RANGE[0]}..2**32-1"),
+        ("split_seed", SEED_RANGE[0] <= args.split_seed <= SEED_RANGE[1], f"in {SEED_RANGE[0]}..2**32-1"),
+    ]
+    rules += [(name, getattr(args, name) >= 1, ">= 1") for name in POSITIVE_INTS]
+    for name, ok, rule in rules:
+        value = getattr(args, name)
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if not (ok and finite):
+            flag = "--seed" if name == "finetune_seed" else f"--{name}"
+            raise UserError(f"{flag} {value}: must be {rule}")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Paths of the right kind, before anything is loaded (a missing checkpoint, a directory given
+    as a data file, an output folder that is a file)."""
+    for flag in ("train_file", "eval_file", "data_file"):
+        path = getattr(args, flag)
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            raise UserError(f"--{flag} {path}: is a directory; expected a JSONL file")
+        if not os.path.isfile(path):
+            raise UserError(f"--{flag} {path}: no such file")
+    if args.output_dir is not None:
+        check_output_dir(args.output_dir)
+    resume = args.resume_from_checkpoint
+    if resume and resume != "latest":
+        if not os.path.isdir(resume):
+            raise UserError(f"--resume_from_checkpoint {resume}: no such directory")
+        if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
+            raise UserError(f"--resume_from_checkpoint {resume}: not a checkpoint directory (no trainer_state.json)")
+    if resume == "latest" and args.output_dir is None:
+        raise UserError("--resume_from_checkpoint latest needs --output_dir (by default every run gets a new folder)")
     # a local path (a Hub id "org/name" never starts with "." or "~"), not a directory: say so, rather
     # than let the Hub client report an invalid repo id or try the network
     path_like = os.path.isabs(args.model_name) or args.model_name.startswith((".", "~"))
     if path_like and not os.path.isdir(args.model_name):
         raise UserError(f"--model_name {args.model_name}: no such local directory")
-    return args
+
+
+def check_output_dir(output_dir: str) -> None:
+    """A directory, or a path whose nearest existing ancestor is a writable directory."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserError(f"--output_dir {output_dir}: is a file, not a directory")
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--output_dir {output_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--output_dir {output_dir}: {existing} is not writable")
+
+
+def attention_backend_choice(args: argparse.Namespace) -> str | None:
+    """--attention_backend, for --impl fast only: default triton on CUDA, torch on the CPU."""
+    import torch
+
+    chosen = args.attention_backend
+    if args.impl != "fast":
+        if chosen is not None:
+            raise UserError(f"--attention_backend {chosen} applies to --impl fast; this run is --impl {args.impl}")
+        return None
+    cuda = torch.cuda.is_available()
+    if chosen is None:
+        return "triton" if cuda else "torch"
+    if chosen == "flex" and not cuda:
+        raise UserError("--attention_backend flex trains on CUDA only: torch's FlexAttention has no backward on the CPU")
+    if chosen == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UserError("--attention_backend triton needs CUDA (or the Triton interpreter: TRITON_INTERPRET=1)")
+    return chosen
 
 
 def fast_path_available() -> bool:

@@ -47,6 +47,8 @@ def parse_line(text: str, path: Path, line: int) -> Example:
 
 def load_examples(path: str | Path) -> list[Example]:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; expected a JSONL file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     examples = []

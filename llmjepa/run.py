@@ -225,7 +225,9 @@ def register_fast_attention() -> str:
 
 
 def executor_for(args: argparse.Namespace, pad_token_id: int) -> Executor:
-    return partial(run_fast if args.impl == "fast" else run_reference, pad_token_id=pad_token_id)
+    if args.impl == "fast":  # --attention_backend: resolved by cli.check_args (None: run_fast's per-device choice)
+        return partial(run_fast, pad_token_id=pad_token_id, attention=getattr(args, "attention_backend", None))
+    return partial(run_reference, pad_token_id=pad_token_id)
 
 
 def fused_pair_loss(args: argparse.Namespace) -> bool:
@@ -271,12 +273,12 @@ def build_run(args: argparse.Namespace) -> Run:
 
 def train(args: argparse.Namespace) -> JepaTrainer:
     run = build_run(args)
-    resume_from = resume_point(args)
     if run.trainer.is_world_process_zero():
         prepare_metrics_file(run.metrics_path, resume_from)
     run.trainer.train(resume_from_checkpoint=resume_from)
     if run.trainer.is_world_process_zero():
         finish(args, run)
+    resume_from = resume_point(args)  # before anything is loaded: a bad checkpoint fails in a second
     wait_for_rank_zero()
     return run.trainer
 

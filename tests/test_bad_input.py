@@ -218,11 +218,8 @@ CONTRADICTIONS = {
     "no localized": (["--no_localized_masks"], "--no_localized_masks and --omit_last_step_target need"),
     "omit last": (["--omit_last_step_target"], "need --num_prediction_steps >= 1"),
     "train and data": (["--train_file", "a.jsonl", "--data_file", "b.jsonl"], "--train_file or --data_file"),
-    "predictors 11": (["--predictors", "11"], "--predictors in 0..10"),
-    "negative steps": (["--num_prediction_steps", "-1"], "--num_prediction_steps must be >= 0"),
-    "batch 0": (["--batch_size", "0"], "--batch_size must be >= 1"),
-    "ratio above 1": (["--jepa_ratio", "1.5"], "--jepa_ratio must be <= 1"),
     "empty separator": (["--step_separator", ""], "--step_separator must not be empty"),
+    "eval_split without data_file": (["--eval_split", "0.1"], "--eval_split splits --data_file"),
 }
 
 
@@ -231,6 +228,95 @@ def test_contradictory_flags(capsys: pytest.CaptureFixture, case: str) -> None:
     flags, needle = CONTRADICTIONS[case]
     rc, _, err = run_cli(capsys, *flags)
     assert_one_line_error(rc, err, needle)
+
+
+# Out-of-range and non-finite values: each refused before data or model is loaded, naming the flag.
+BAD_VALUES = {
+    "lbd nan": (["--lbd", "nan"], "--lbd nan: must be a finite number >= 0"),
+    "lbd negative": (["--lbd", "-1"], "--lbd -1.0: must be a finite number >= 0"),
+    "lbd inf": (["--lbd", "inf"], "--lbd inf: must be a finite number >= 0"),
+    "gamma nan": (["--gamma", "nan"], "--gamma nan: must be a finite number >= 0"),
+    "gamma negative": (["--gamma", "-0.5"], "--gamma -0.5: must be a finite number >= 0"),
+    "lr negative": (["--learning_rate", "-1"], "--learning_rate -1.0: must be a finite number >= 0"),
+    "lr nan": (["--learning_rate", "nan"], "--learning_rate nan: must be a finite number >= 0"),
+    "lr inf": (["--learning_rate", "inf"], "--learning_rate inf: must be a finite number >= 0"),
+    "epochs 0": (["--num_epochs", "0"], "--num_epochs 0: must be >= 1"),
+    "steps 0": (["--max_train_steps", "0"], "--max_train_steps 0: must be >= 1, or -1"),
+    "steps -5": (["--max_train_steps", "-5"], "--max_train_steps -5: must be >= 1, or -1"),
+    "batch 0": (["--batch_size", "0"], "--batch_size 0: must be >= 1"),
+    "grad_accum 0": (["--grad_accum", "0"], "--grad_accum 0: must be >= 1"),
+    "logging 0": (["--logging_steps", "0"], "--logging_steps 0: must be >= 1"),
+    "eval_steps 0": (["--eval_steps", "0"], "--eval_steps 0: must be >= 1"),
+    "save_steps negative": (["--save_steps", "-1"], "--save_steps -1: must be >= 0"),
+    "max_length 4": (["--max_length", "4"], "--max_length 4: must be >= 8"),
+    "eval_split 1": (["--data_file", "d.jsonl", "--eval_split", "1"], "--eval_split 1.0: must be in [0, 1)"),
+    "eval_split nan": (["--data_file", "d.jsonl", "--eval_split", "nan"], "--eval_split nan: must be in [0, 1)"),
+    "ratio above 1": (["--jepa_ratio", "1.5"], "--jepa_ratio 1.5: must be <= 1"),
+    "ratio nan": (["--jepa_ratio", "nan"], "--jepa_ratio nan: must be <= 1"),
+    "dropout 1": (["--dropout", "1"], "--dropout 1.0: must be in [0, 1)"),
+    "dropout nan": (["--dropout", "nan"], "--dropout nan: must be in [0, 1)"),
+    "predictors 11": (["--predictors", "11"], "--predictors 11: must be in 0..10"),
+    "predictors negative": (["--predictors", "-1"], "--predictors -1: must be in 0..10"),
+    "negative steps": (["--num_prediction_steps", "-1"], "--num_prediction_steps -1: must be >= 0"),
+    "lora_rank 0": (["--lora_rank", "0"], "--lora_rank 0: must be >= 1"),
+    "debug negative": (["--debug", "-1"], "--debug -1: must be >= 0"),
+    "last_token 0": (["--last_token", "0"], "--last_token 0: must be <= -1"),
+    "seed negative": (["--seed", "-1"], "--seed -1: must be in 0..2**32-1"),
+    "split_seed huge": (["--split_seed", str(2**32)], f"--split_seed {2**32}: must be in 0..2**32-1"),
+}
+
+
+@pytest.fixture
+def nothing_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the run gets as far as reading data or loading a model."""
+    import llmjepa.run
+
+    def loaded(*_: object, **__: object) -> None:
+        raise AssertionError("data or model loaded before the flags were checked")
+
+    for name in ("load_data", "load_tokenizer", "load_model_from_args"):
+        monkeypatch.setattr(llmjepa.run, name, loaded)
+
+
+@pytest.mark.parametrize("case", BAD_VALUES)
+def test_bad_values_refused_up_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture, nothing_loaded: None, case: str
+) -> None:
+    flags, needle = BAD_VALUES[case]
+    rc, _, err = run_cli(capsys, *flags, "--output_dir", tmp_path / "out")
+    assert_one_line_error(rc, err, needle)
+
+
+def test_paths_of_the_wrong_kind(tmp_path: Path, capsys: pytest.CaptureFixture, nothing_loaded: None) -> None:
+    a_file = write_jsonl(tmp_path / "data.jsonl", [GOOD] * 4)
+    out = ["--output_dir", tmp_path / "out"]
+    cases = [
+        (["--output_dir", a_file], f"--output_dir {a_file}: is a file, not a directory"),
+        (["--output_dir", a_file / "sub"], f"--output_dir {a_file / 'sub'}: {a_file} is a file, not a directory"),
+        (["--train_file", tmp_path, *out], f"--train_file {tmp_path}: is a directory; expected a JSONL file"),
+        (["--eval_file", tmp_path, *out], f"--eval_file {tmp_path}: is a directory; expected a JSONL file"),
+        (["--data_file", tmp_path / "no.jsonl", *out], f"--data_file {tmp_path / 'no.jsonl'}: no such file"),
+        (
+            ["--resume_from_checkpoint", tmp_path / "nope", *out],
+            f"--resume_from_checkpoint {tmp_path / 'nope'}: no such directory",
+        ),
+        (
+            ["--resume_from_checkpoint", tmp_path, *out],
+            f"--resume_from_checkpoint {tmp_path}: not a checkpoint directory (no trainer_state.json)",
+        ),
+        (["--resume_from_checkpoint", "latest", *out], f"--resume_from_checkpoint latest: no checkpoint-* in {out[1]}"),
+    ]
+    for flags, message in cases:
+        rc, _, err = run_cli(capsys, *flags)
+        assert assert_one_line_error(rc, err) == f"llmjepa-train: error: {message}"
+
+
+def test_directory_as_data_file_in_the_library(tmp_path: Path) -> None:
+    from llmjepa.data import load_examples
+    from llmjepa.errors import UserError
+
+    with pytest.raises(UserError, match="is a directory; expected a JSONL file"):
+        load_examples(tmp_path)
 
 
 @pytest.mark.parametrize("relative", [False, True])

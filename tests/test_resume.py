@@ -119,7 +119,11 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, capsys: pytest.Capture
 
 def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture, data: Path) -> None:
     out = tmp_path / "empty"
-    for where, needle in (("latest", f"no checkpoint-* in {out}"), (tmp_path / "nope", "not a checkpoint directory")):
+    for where, needle in (
+        ("latest", f"no checkpoint-* in {out}"),
+        (tmp_path / "nope", "no such directory"),
+        (tmp_path, "not a checkpoint directory"),
+    ):
         rc, _, err = run_cli(capsys, *command(data, "jepa_ratio 0.5", out), "--resume_from_checkpoint", where)
         lines = err.strip().splitlines()
         assert rc == 2 and lines[-1].startswith("llmjepa-train: error: --resume_from_checkpoint"), err[-2000:]
