@@ -272,13 +272,13 @@ def build_run(args: argparse.Namespace) -> Run:
 
 
 def train(args: argparse.Namespace) -> JepaTrainer:
+    resume_from = resume_point(args)  # before anything is loaded: a bad checkpoint fails in a second
     run = build_run(args)
     if run.trainer.is_world_process_zero():
         prepare_metrics_file(run.metrics_path, resume_from)
     run.trainer.train(resume_from_checkpoint=resume_from)
     if run.trainer.is_world_process_zero():
         finish(args, run)
-    resume_from = resume_point(args)  # before anything is loaded: a bad checkpoint fails in a second
     wait_for_rank_zero()
     return run.trainer
 
