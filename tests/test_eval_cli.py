@@ -157,3 +157,20 @@ def test_two_ranks_equal_one(tmp_path: Path) -> None:
     assert records(two) == records(one)
     assert not list(two.glob("predictions.rank*.jsonl"))
     assert json.loads((two / "summary.json").read_text())["n"] == 6
+
+
+def test_references_equal_to_the_greedy_answers_score_one(tmp_path: Path) -> None:
+    """A check that can fail on a random model: the first run's predictions become the references."""
+    first = tmp_path / "first"
+    assert evaluate.main(eval_argv(first)) == 0
+    rows = [json.loads(line) for line in sample_data_path("eval").read_text().splitlines()[:6]]
+    for row, rec in zip(rows, records(first)):
+        assert rec["prediction"], "a reference must not be empty"
+        row["messages"][-1]["content"] = rec["prediction"] if rec["index"] % 2 == 0 else rec["prediction"] + "!"
+    data = write_jsonl(tmp_path / "arith_self.jsonl", rows)
+    argv = eval_argv(tmp_path / "second")
+    argv[argv.index("--input_file") + 1] = str(data)
+    assert evaluate.main(argv) == 0
+    summary = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert (summary["correct"], summary["n"]) == (3, 6)
+    assert [r["correct"] for r in records(tmp_path / "second")] == [True, False] * 3
