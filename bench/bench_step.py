@@ -1,50 +1,72 @@
-"""Whole optimizer steps (forward + backward + AdamW, one microbatch): upstream-style vs packed executors.
+"""Whole optimizer steps (forward + backward + clipping + AdamW, one microbatch): upstream-style vs packed.
 
-    python bench/bench_step.py --config llama-1b [--steps 10 --warmup 3 --gradient_checkpointing]
-    python bench/bench_step.py --config tiny --steps 3 --warmup 1      # CPU smoke run, seconds
+    python bench/bench_step.py --config proxy                      # CPU proxy, gsm8k, N=2, K=1, batch 4
+    python bench/bench_step.py --config llama-1b                   # GPU: the Llama-3.2-1B shape, bf16
+    python bench/bench_step.py --config proxy --sweep length 256 512 1024 2048   # scaling tables
+    python bench/bench_step.py --config proxy --sweep N 1 2 4 8
+    python bench/bench_step.py --config tiny --rounds 2 --microbatches 1        # CI smoke run
 
-Four methods run the same microbatches, one after the other in one process, each from the same
-initial weights and a fresh AdamW:
+Methods, all on the same microbatches from the same initial weights:
+  (a) upstream_regular  regular SFT as upstream runs it: rows right-padded to max_length, dense additive
+                        masks, logits at every position (execute.run_reference).
+  (b) packed_regular    regular SFT through fast.run_fast: one padding-free stream.
+  (c) upstream_jepa     the Step-JEPA plan (N, K) through run_reference: the triple batch with dense masks.
+  (d) fast_jepa         the same plan through run_fast (prefix sharing, view truncation).
+  (e) fast_isolated     --isolated_predictors --no_localized_masks through run_fast (a variant, not
+                        upstream's semantics: predictors are side branches of view 1, targets read from view 1).
+  and, where they exist, fast_jepa with each other attention backend (attn=triton|flex|torch) and each
+  other LM-head way (lm_head=linear_ce|chunks|logits). A method whose dependency is missing is recorded
+  as skipped with the reason; one that raises (Triton compile or resource errors included) or runs out
+  of memory is recorded as failed; the others still run.
 
-  upstream_regular  regular SFT as upstream runs it: rows right-padded to --max_length, dense
-                    (rows, 1, L, L) additive masks, logits for every token (execute.run_reference).
-  packed_regular    regular SFT through fast.run_fast: one padding-free stream, chunked LM-head loss.
-  upstream_jepa     the Step-JEPA plan (N = --num_prediction_steps, K = --predictors) through
-                    run_reference: the triple batch with dense masks, padded to its longest row
-                    (what `llmjepa-train --impl reference` runs today).
-  fast_jepa         the same plan through run_fast (prefix sharing, view truncation), with the fused
-                    JEPA loss kernel on CUDA (PyTorch pair loss on CPU).
+How it measures (the defects of the first version fixed, issue 7):
+- Plans are built and packed by the trainer's collator (llmjepa.collate.ViewCollator) before timing, as
+  data-loader workers do in training; the timed step starts from the collator's output.
+- Gradient checkpointing as llmjepa-train uses it: on with CUDA, off on CPU (--gradient_checkpointing).
+- Warm-up: on CUDA every microbatch that will be timed runs once per method first (so every shape is
+  compiled before timing); on CPU --warmup steps per method. The first warm-up step of each method runs
+  from the initial weights and gives its first-step loss.
+- Interleaved rounds: in each round every method runs one step on each of the --microbatches microbatches,
+  the order of methods rotated from round to round; a method's time per step in a round is its round
+  total / microbatches, and its reported time the median over --rounds rounds. One model and one AdamW
+  serve all methods (the weights drift by lr 1e-5 steps: no effect on time). On CPU, torch runs one thread.
+- Memory. CUDA: peak torch.cuda.max_memory_allocated over the method's warm-up (weights, gradients, AdamW
+  state, activations). CPU: each method in a fresh process (this script with --memory_probe): the peak
+  resident set (VmHWM, reset through /proc/self/clear_refs after the model is loaded; ru_maxrss where that
+  is refused) minus the resident set after loading the model and the data, over one step on each timed
+  microbatch: gradients, AdamW state and activations.
+- FLOPs: bench/floor.py counts each method's floor from its plans (tokens, LM head at label positions,
+  attention over visible pairs; training = 3x forward). Reported beside time and memory: FLOP ratio to
+  packed_regular, time ratio, and efficiency = FLOP ratio / time ratio; and computed / visible attention
+  pairs of the fast path's stream for the Triton tile shapes and the PyTorch form.
 
-The loss is the trainer's for a step of one microbatch (JepaTrainer.plan_losses, gamma 1):
-sum of token CE / label tokens + lbd * sum(1 - cos) / pairs. Each step also clips the gradient
-norm to 1, as the trainer does. Plans are built before timing (the collator's work, done by the
-data loader in training); the executors' own preparation (padding and masks, or packing) is timed.
-
-Reported per method: median step time over --steps timed steps after --warmup steps (CUDA:
-synchronize around each step; CPU: perf_counter), peak memory (CUDA: max_memory_allocated since
-the method started, weights + gradients + AdamW state + activations; on CPU "n/a": the process's
-max RSS only ever grows, so it cannot be split per method), tokens run per step (upstream: rows x
-padded length; packed: stream length) and the loss of the first step, which must agree between
-upstream_regular and packed_regular and between upstream_jepa and fast_jepa (same function).
-
-Configs: `llama-1b`, a Llama-3.2-1B-shaped model built from its config (random weights, bf16 on
-CUDA), on ../shared/datasets/gsm8k_test.jsonl (steps separated by "\\n"), tokenized with the
-embedded tiny tokenizer (the only one available offline; its ids are far below the vocabulary
-size, and the measured view-1 lengths are in the results); `tiny`, the embedded tiny model in
-float32 on CPU on the bundled sample data (CI smoke run). Results: --out_dir/step_<config>.json,
-.md and .png; the Markdown table is printed at the end.
+Configs: `proxy`, a Llama-shaped 19M-parameter model (hidden 512, 4 layers, 8 query and 2 KV heads of 64,
+MLP 2048, vocab 8192, tied head) whose LM-head-to-layers FLOP ratio matches Llama-3.2-1B's, float32 on
+CPU; `llama-1b`, Llama-3.2-1B's shape (random weights, bf16 on CUDA); both on gsm8k_test.jsonl from
+../shared/datasets (or ./shared/datasets on a device machine) with "\\n" as the step separator, tokenized
+with the embedded tiny tokenizer (the only one offline); `tiny`, the embedded tiny model on the bundled
+sample (CI). --sweep length L...: gsm8k examples concatenated (questions joined, answers joined by "\\n",
+consecutive examples until the view 1 reaches L tokens) and truncated to exactly L. Results:
+--out_dir/step_<name>.json and .md (and sweep_<what>.json and .md).
 """
 
+from __future__ import annotations
+
 import argparse
+import ctypes
 import datetime
 import gc
+import inspect
 import json
+import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -52,74 +74,155 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from llmjepa.data import load_examples
-from llmjepa.default_model import build_default_model, sample_data_path
-from llmjepa.errors import UserError
-from llmjepa.execute import Executed, run_reference
-from llmjepa.fast import check_fast_supported, run_fast
-from llmjepa.losses import jepa_pair_losses
-from llmjepa.model import load_tokenizer
-from llmjepa.pack import pack_plan
-from llmjepa.plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow
-from llmjepa.views import Encoded, ViewConfig, build_plan, encode_all
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import floor  # noqa: E402  (bench/floor.py)
+
+from llmjepa.collate import ViewCollator  # noqa: E402
+from llmjepa.data import Example, load_examples  # noqa: E402
+from llmjepa.default_model import build_default_model, sample_data_path  # noqa: E402
+from llmjepa.errors import UserError  # noqa: E402
+from llmjepa.execute import Executed, run_reference  # noqa: E402
+from llmjepa.fast import check_fast_supported, run_fast  # noqa: E402
+from llmjepa.losses import jepa_pair_losses  # noqa: E402
+from llmjepa.model import load_tokenizer  # noqa: E402
+from llmjepa.plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow  # noqa: E402
+from llmjepa.views import Encoded, ViewConfig, encode_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_GRAD_NORM = 1.0  # the trainer's max_grad_norm
 LEARNING_RATE = 1e-5  # only the first step's loss is compared, so any small rate will do
+BASELINE = "packed_regular"
 
 
+# ---- methods -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Method:
     name: str
+    label: str  # (a)..(e), or "variant"
     packed: bool  # run_fast (one packed stream) or run_reference (padded rows, dense masks)
     jepa: bool  # the JEPA plan, or view 1 alone (regular SFT)
     pad_to_max_length: bool = False  # upstream SFT pads every row to max_length, not to the longest
+    view_changes: dict = field(default_factory=dict, hash=False)  # ViewConfig fields this method changes
+    attention: str | None = None  # run_fast's attention backend; None: the device's default
+    lm_head: str | None = None  # run_fast's LM-head way; None: its default
 
 
-METHODS = (
-    Method("upstream_regular", packed=False, jepa=False, pad_to_max_length=True),
-    Method("packed_regular", packed=True, jepa=False),
-    Method("upstream_jepa", packed=False, jepa=True),
-    Method("fast_jepa", packed=True, jepa=True),
+CORE = (
+    Method("upstream_regular", "(a)", packed=False, jepa=False, pad_to_max_length=True),
+    Method("packed_regular", "(b)", packed=True, jepa=False),
+    Method("upstream_jepa", "(c)", packed=False, jepa=True),
+    Method("fast_jepa", "(d)", packed=True, jepa=True),
+    Method(
+        "fast_isolated",
+        "(e)",
+        packed=True,
+        jepa=True,
+        view_changes={"isolated_predictors": True, "localized_masks": False},
+    ),
 )
-# (numerator, denominator) of the reported ratios of time and memory
-RATIOS = (
-    ("upstream_regular", "packed_regular"),
-    ("upstream_jepa", "packed_regular"),
-    ("fast_jepa", "packed_regular"),
-    ("upstream_jepa", "fast_jepa"),
-)
+ATTENTION_BACKENDS = ("triton", "flex", "torch")
+LM_HEAD_WAYS = ("linear_ce", "chunks", "logits")
 SAME_LOSS = (("upstream_regular", "packed_regular"), ("upstream_jepa", "fast_jepa"))
 
 
+def variants(device: torch.device) -> list[Method]:
+    """fast_jepa with every attention backend and LM-head way other than its defaults."""
+    default_attention = "triton" if device.type == "cuda" else "torch"
+    out = [
+        Method(f"fast_jepa/attn={b}", "variant", packed=True, jepa=True, attention=b)
+        for b in ATTENTION_BACKENDS
+        if b != default_attention
+    ]
+    out += [Method(f"fast_jepa/lm_head={w}", "variant", packed=True, jepa=True, lm_head=w) for w in LM_HEAD_WAYS]
+    return out
+
+
+def unavailable(method: Method, device: torch.device) -> str | None:
+    """Why this method cannot run here (recorded as skipped), or None."""
+    missing = [name for name in method.view_changes if name not in ViewConfig.__dataclass_fields__]
+    if missing:
+        return f"ViewConfig has no {', '.join(missing)} (not in this checkout)"
+    if not method.packed:
+        return None
+    parameters = inspect.signature(run_fast).parameters
+    if method.attention is not None:
+        if "attention" not in parameters:
+            return "run_fast takes no attention backend"
+        from llmjepa_kernels import hf_attention
+
+        backends = getattr(hf_attention, "BACKENDS", ())
+        if method.attention not in backends:
+            return f"hf_attention has no {method.attention!r} backend (it has {', '.join(backends)})"
+        if method.attention == "triton" and device.type != "cuda":
+            return "Triton needs CUDA (the CPU interpreter is for tests, not timing)"
+    if method.lm_head is not None:
+        keyword = lm_head_keyword()
+        if keyword is None:
+            return "run_fast takes no LM-head choice (llmjepa/lm_head.py not wired in)"
+        from llmjepa import lm_head
+
+        if method.lm_head not in lm_head.LM_HEAD_METHODS:
+            return f"llmjepa.lm_head has no {method.lm_head!r} (it has {', '.join(lm_head.LM_HEAD_METHODS)})"
+        if method.lm_head == "linear_ce" and not hasattr(torch.nn.functional, "linear_cross_entropy"):
+            return f"torch {torch.__version__} has no F.linear_cross_entropy"
+    return None
+
+
+def lm_head_keyword() -> str | None:
+    parameters = inspect.signature(run_fast).parameters
+    return next((k for k in ("lm_head_method", "lm_head") if k in parameters), None)
+
+
+def executor(method: Method, pad_token_id: int):
+    if not method.packed:
+        return partial(run_reference, pad_token_id=pad_token_id)
+    kwargs = {}
+    if method.attention is not None:
+        kwargs["attention"] = method.attention
+    if method.lm_head is not None:
+        kwargs[lm_head_keyword()] = method.lm_head
+    return partial(run_fast, **kwargs)
+
+
+# ---- configs and model ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BenchConfig:
     """What --config selects; --batch_size, --max_length, --data and --step_separator override."""
 
-    data: Path
+    data: Path | None  # None: gsm8k from the shared datasets
     step_separator: str
     batch_size: int
     max_length: int
     cuda_if_available: bool  # tiny stays on CPU: its smoke test checks float32 losses to 1e-5
+    shape: floor.ModelShape | None  # None: the embedded tiny model
 
 
 CONFIGS = {
-    "llama-1b": BenchConfig(ROOT.parent / "shared" / "datasets" / "gsm8k_test.jsonl", "\n", 4, 512, True),
-    "tiny": BenchConfig(sample_data_path("train"), "\n\n", 4, 256, False),
+    "proxy": BenchConfig(None, "\n", 4, 512, False, floor.PROXY),
+    "llama-1b": BenchConfig(None, "\n", 4, 512, True, floor.LLAMA_1B),
+    "tiny": BenchConfig(sample_data_path("train"), "\n\n", 4, 256, False, None),
 }
 
 
-# ---- model -----------------------------------------------------------------------------------
-def llama_1b_config(tokenizer: PreTrainedTokenizerBase, num_layers: int | None) -> LlamaConfig:
-    """Llama-3.2-1B's shapes (plain RoPE: its llama3 frequency scaling does not change the cost)."""
+def gsm8k_path() -> Path:
+    """../shared/datasets beside the checkout, or ./shared/datasets inside it (what travels to a device)."""
+    for base in (ROOT.parent / "shared", ROOT / "shared"):
+        path = base / "datasets" / "gsm8k_test.jsonl"
+        if path.is_file():
+            return path
+    raise UserError(f"gsm8k_test.jsonl is in neither {ROOT.parent / 'shared'} nor {ROOT / 'shared'}/datasets; --data")
+
+
+def llama_config(shape: floor.ModelShape, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    """A Llama with this shape (plain RoPE: Llama 3's frequency scaling does not change the cost)."""
     return LlamaConfig(
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=num_layers or 16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.q_heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
         max_position_embeddings=131072,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
         rms_norm_eps=1e-5,
@@ -131,20 +234,16 @@ def llama_1b_config(tokenizer: PreTrainedTokenizerBase, num_layers: int | None) 
     )
 
 
-def build_model(
-    config_name: str, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace, device: torch.device
-) -> torch.nn.Module:
-    if config_name == "tiny":
-        model = build_default_model(tokenizer, seed=args.seed)
-        if args.num_layers:
-            raise SystemExit("bench_step: --num_layers applies to --config llama-1b only")
-        return model.to(device)
-    config = llama_1b_config(tokenizer, args.num_layers)
-    if len(tokenizer) > config.vocab_size:
-        raise SystemExit(f"bench_step: tokenizer has {len(tokenizer)} ids, more than the vocabulary")
+def build_model(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> torch.nn.Module:
+    bench = CONFIGS[args.config]
+    if bench.shape is None:
+        return build_default_model(tokenizer, seed=args.seed).to(device)
+    shape = replace(bench.shape, layers=args.num_layers) if args.num_layers else bench.shape
+    if len(tokenizer) > shape.vocab:
+        raise UserError(f"the tokenizer has {len(tokenizer)} ids, more than the vocabulary {shape.vocab}")
     torch.manual_seed(args.seed)
     with torch.device(device):  # initialize on the GPU: 1.2B parameters are slow to draw on a CPU
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(llama_config(shape, tokenizer))
     return model.to(model_dtype(args, device))
 
 
@@ -156,9 +255,12 @@ def model_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The initial weights on the CPU, so every method starts from them (no second model on the GPU)."""
-    return {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """As the Trainer does with gradient_checkpointing=True and no kwargs."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable()
+    else:
+        model.gradient_checkpointing_enable()
 
 
 def set_attention(model: torch.nn.Module, packed: bool) -> None:
@@ -173,12 +275,33 @@ def set_attention(model: torch.nn.Module, packed: bool) -> None:
     check_fast_supported(model)
 
 
-# ---- data and plans --------------------------------------------------------------------------
+# ---- data and plans ------------------------------------------------------------------------------
+def concatenated(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, count: int) -> list:
+    """`count` examples of at least cfg.max_length view-1 tokens: consecutive gsm8k examples joined (the
+    questions by a space, the answers by the step separator), cycling through the file."""
+    out, i = [], 0
+    while len(out) < count:
+        system, questions, answers = examples[i % len(examples)].messages[0], [], []
+        while True:
+            messages = examples[i % len(examples)].messages
+            questions.append(messages[-2]["content"])
+            answers.append(messages[-1]["content"])
+            i += 1
+            joined = [system, {"role": "user", "content": " ".join(questions)}]
+            joined.append({"role": "assistant", "content": cfg.step_separator.join(answers)})
+            text = tokenizer.apply_chat_template(joined, tokenize=False)
+            if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= cfg.max_length:
+                break
+        out.append(Example(messages=joined, source=f"concatenated gsm8k #{len(out)}"))
+    return out
+
+
 def load_microbatches(
-    tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, data: Path, batch_size: int, count: int
+    tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, data: Path, batch_size: int, count: int, concat: bool
 ) -> tuple[list[list[Encoded]], dict]:
     """`count` consecutive microbatches of the data (cycled if it is short), and their view-1 lengths."""
-    examples = load_examples(data)[: batch_size * count]
+    examples = load_examples(data)
+    examples = concatenated(examples, tokenizer, cfg, batch_size * count) if concat else examples[: batch_size * count]
     encoded, report = encode_all(examples, tokenizer, cfg)
     batches = [[encoded[(b * batch_size + i) % len(encoded)] for i in range(batch_size)] for b in range(count)]
     lengths = [len(e.input_ids) for batch in batches for e in batch]
@@ -216,23 +339,29 @@ def pad_rows(plan: ViewPlan, length: int, pad_token_id: int) -> ViewPlan:
     return ViewPlan(rows=rows, pairs=list(plan.pairs), n_examples=plan.n_examples)
 
 
-def method_plans(
-    method: Method, batches: list[list[Encoded]], cfg: ViewConfig, predictor_ids: list[int], pad_token_id: int
-) -> list[ViewPlan]:
-    plans = [build_plan(batch, cfg, predictor_ids, with_views=method.jepa) for batch in batches]
-    if method.pad_to_max_length:
-        plans = [pad_rows(plan, cfg.max_length, pad_token_id) for plan in plans]
-    return plans
+def method_plans(method: Method, batches: list[list[Encoded]], cfg: ViewConfig, predictor_ids: list[int]) -> list:
+    """The collator's plans for this method (packed by the collator for run_fast, as in training)."""
+    view_cfg = replace(cfg, regular=not method.jepa, **method.view_changes)
+    collate = ViewCollator(view_cfg, predictor_ids, pack=method.packed)
+    return [collate(batch)["plan"] for batch in batches]
 
 
-def tokens_run(plan: ViewPlan, packed: bool) -> int:
-    """Token positions the model computes: the packed stream, or every padded row's full width."""
-    if packed:
-        return pack_plan(plan).n_tokens
-    return len(plan.rows) * max(len(row) for row in plan.rows)
+def plan_work(
+    method: Method, plan: ViewPlan, unpadded: ViewPlan, args: argparse.Namespace
+) -> tuple[floor.Work, floor.Work, int]:
+    """(floor, executed work, tokens run) of one step of this method; `unpadded`: the plan before upstream's
+    padding to max_length (the floor counts real tokens only)."""
+    if method.packed:
+        backend = method.attention or ("triton" if args.device == "cuda" else "torch")
+        tile = floor.triton_tiles(args.head_dim, torch.bfloat16)[0] if backend == "triton" else None
+        executed = floor.stream_executed(plan.packed, backend, tile)
+        return floor.stream_floor(plan.packed), executed, plan.packed.n_tokens
+    width = args.max_length if method.pad_to_max_length else None
+    executed = floor.padded_executed(plan, width)
+    return floor.rows_floor(unpadded), executed, executed.tokens
 
 
-# ---- one optimizer step ------------------------------------------------------------------------
+# ---- one step ------------------------------------------------------------------------------------
 def step_loss(out: Executed, plan: ViewPlan, lbd: float, fused: bool) -> torch.Tensor:
     """JepaTrainer.plan_losses for a step of one microbatch (gamma 1): mean token CE + lbd * mean pair loss."""
     lm = out.ce_sum / max(plan.label_tokens, 1)
@@ -248,16 +377,24 @@ def step_loss(out: Executed, plan: ViewPlan, lbd: float, fused: bool) -> torch.T
     return lm + lbd * jepa_sum / plan.n_pairs
 
 
-def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    executor: Callable[[torch.nn.Module, ViewPlan], Executed],
-    plan: ViewPlan,
-    lbd: float,
-    fused: bool,
-) -> torch.Tensor:
+@dataclass
+class Runner:
+    """One method's plans and executor, ready to step the shared model and optimizer."""
+
+    method: Method
+    plans: list[ViewPlan]  # the warm-up plans, then the timed ones
+    run: object
+    fused: bool
+    floor_plans: list[ViewPlan] = field(default_factory=list)  # the same without upstream's padding
+    error: str | None = None
+    first_loss: float | None = None
+    peak_mib: float | None = None
+    round_ms: list[float] = field(default_factory=list)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, runner: Runner, plan: ViewPlan, lbd: float):
     optimizer.zero_grad(set_to_none=True)
-    loss = step_loss(executor(model, plan), plan, lbd, fused)
+    loss = step_loss(runner.run(model, plan), plan, lbd, runner.fused)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
     optimizer.step()
@@ -275,141 +412,424 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-# ---- one method ------------------------------------------------------------------------------
-def run_method(
-    model: torch.nn.Module,
-    initial: dict[str, torch.Tensor],
-    method: Method,
-    plans: list[ViewPlan],
-    args: argparse.Namespace,
-    device: torch.device,
-) -> dict:
-    """Time every step of one method from the initial weights; the first args.warmup steps are not timed."""
-    set_attention(model, method.packed)
+def failure(err: BaseException) -> str:
+    """One line for the table; the traceback goes to stderr."""
+    traceback.print_exception(err, file=sys.stderr)
+    if isinstance(err, torch.OutOfMemoryError):
+        return "failed: out of memory"
+    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+    return f"failed: {type(err).__name__}: {first}"
+
+
+def prime_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Allocate AdamW's state before any method runs (zero gradients: a zero update), so no method's
+    memory includes its creation and none pays for it in its first step."""
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def warm_up(model, optimizer, initial: dict, runner: Runner, args: argparse.Namespace, device: torch.device) -> None:
+    """The first step from the initial weights (its loss), then the rest of the warm-up steps; on CUDA the
+    peak memory of them all."""
+    set_attention(model, runner.method.packed)
     model.load_state_dict(initial)
-    model.zero_grad(set_to_none=True)
     free_memory(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0, fused=device.type == "cuda")
-    executor = run_fast if method.packed else partial(run_reference, pad_token_id=args.pad_token_id)
-    fused = method.packed and method.jepa and device.type == "cuda"
-    weights_mib = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds, losses = [], []
     try:
-        for plan in plans:
-            synchronize(device)
-            start = time.perf_counter()
-            losses.append(train_step(model, optimizer, executor, plan, args.lbd, fused))
-            synchronize(device)
-            seconds.append(time.perf_counter() - start)
-    except torch.cuda.OutOfMemoryError:  # record it and go on to the next method
-        del optimizer
-        model.zero_grad(set_to_none=True)
+        for i, plan in enumerate(runner.plans[: args.warmup_steps]):
+            loss = train_step(model, optimizer, runner, plan, args.lbd)
+            if i == 0:
+                runner.first_loss = float(loss)
+        synchronize(device)
+    except Exception as err:  # Triton compile and resource errors are Exceptions, not RuntimeErrors
+        runner.error = failure(err)
+        optimizer.zero_grad(set_to_none=True)
         free_memory(device)
-        return {"error": "out of memory", "steps_done": len(seconds)}
-    timed = seconds[args.warmup :]
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        return
+    if device.type == "cuda":
+        runner.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def timed_round(model, optimizer, runner: Runner, args: argparse.Namespace, device: torch.device) -> None:
+    set_attention(model, runner.method.packed)
+    timed = runner.plans[args.warmup_steps :]
+    try:
+        synchronize(device)
+        start = time.perf_counter()
+        for plan in timed:
+            train_step(model, optimizer, runner, plan, args.lbd)
+        synchronize(device)
+        runner.round_ms.append(1000 * (time.perf_counter() - start) / len(timed))
+    except Exception as err:
+        runner.error = failure(err)
+        optimizer.zero_grad(set_to_none=True)
+        free_memory(device)
+
+
+# ---- memory in a fresh process (CPU) -------------------------------------------------------------
+def rss_kib(field_name: str) -> int | None:
+    """VmRSS or VmHWM of this process in KiB, from /proc/self/status (None where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current resident set (Linux >= 4.0); False where refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_free_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back, so the baseline is what is in use
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_probe(args: argparse.Namespace, setup: dict) -> dict:
+    """In this (fresh) process: one step of the method on each timed microbatch; peak RSS above the loaded
+    model and data."""
+    runner = setup["runners"][args.memory_probe]
+    if runner.error:
+        return {"error": runner.error}
+    model, device = setup["model"], setup["device"]
+    set_attention(model, runner.method.packed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    release_free_memory()
+    baseline = rss_kib("VmRSS")
+    how = "VmHWM after clear_refs" if reset_peak_rss() else "ru_maxrss"
+    start_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        for plan in runner.plans[args.warmup_steps :]:
+            train_step(model, optimizer, runner, plan, args.lbd)
+    except Exception as err:
+        return {"error": failure(err)}
+    peak = rss_kib("VmHWM") if how.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if baseline is None or peak is None:
+        return {"error": "no /proc/self/status: no resident-set figures"}
+    return {
+        "peak_extra_mib": (peak - baseline) / 1024,
+        "baseline_mib": baseline / 1024,
+        "peak_mib": peak / 1024,
+        "how": how,
+        "maxrss_before_mib": start_maxrss / 1024,
+        "device": str(device),
+    }
+
+
+def probe_in_fresh_process(name: str, args: argparse.Namespace) -> dict:
+    argv = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--memory_probe", name]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=args.probe_timeout)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("MEMORY_PROBE "):
+            return json.loads(line.removeprefix("MEMORY_PROBE "))
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return {"error": f"failed: memory probe exited {done.returncode}: {tail}"}
+
+
+# ---- the benchmark -------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", choices=sorted(CONFIGS), default="proxy")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds (median reported)")
+    p.add_argument("--microbatches", type=int, default=4, help="timed microbatches, one step each per round")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps per method on CPU (CUDA: all timed ones)")
+    p.add_argument("--num_prediction_steps", type=int, default=2, help="N of the JEPA plan")
+    p.add_argument("--predictors", type=int, default=1, help="K predictor tokens")
+    p.add_argument("--lbd", type=float, default=0.1)
+    p.add_argument("--batch_size", type=int, default=None, help="default: the config's")
+    p.add_argument("--max_length", type=int, default=None, help="default: the config's")
+    p.add_argument("--data", type=Path, default=None, help="default: the config's data file")
+    p.add_argument("--step_separator", default=None, help="default: the config's")
+    p.add_argument("--concatenate", action="store_true", help="examples of --max_length tokens (see --sweep)")
+    p.add_argument("--gradient_checkpointing", choices=("auto", "on", "off"), default="auto", help="auto: on with CUDA")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto")
+    p.add_argument("--num_layers", type=int, default=None, help="fewer layers (quick checks)")
+    p.add_argument("--methods", nargs="+", default=None, help="names to run (default: (a)-(e) and the variants)")
+    p.add_argument("--no_variants", action="store_true", help="only (a)-(e)")
+    p.add_argument("--no_memory", action="store_true", help="CPU: skip the fresh-process memory probes")
+    p.add_argument("--memory_methods", nargs="+", default=None, help="CPU: probe only these (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="CPU: torch threads")
+    p.add_argument("--sweep", nargs="+", default=None, metavar=("length|N", "VALUE"), help="scaling table")
+    p.add_argument("--name", default=None, help="output file stem (default: step_<config>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out_dir", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--probe_timeout", type=float, default=900, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.microbatches < 1 or args.warmup < 0:
+        p.error("--rounds and --microbatches must be >= 1, --warmup >= 0")
+    if args.sweep and (args.sweep[0] not in ("length", "N") or len(args.sweep) < 2):
+        p.error("--sweep takes length or N, then one or more values")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def setup_bench(args: argparse.Namespace) -> dict:
+    """Model, initial weights, microbatches and every method's plans: all that is done before timing."""
+    bench = CONFIGS[args.config]
+    device = torch.device("cuda" if bench.cuda_if_available and torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    args.device = device.type
+    tokenizer = load_tokenizer("llmjepa/tiny-llama")
+    args.max_length = args.max_length or bench.max_length
+    cfg = ViewConfig(
+        num_prediction_steps=args.num_prediction_steps,
+        predictors=args.predictors,
+        step_separator=args.step_separator if args.step_separator is not None else bench.step_separator,
+        max_length=args.max_length,
+    )
+    batch_size = args.batch_size or bench.batch_size
+    data = args.data or bench.data or gsm8k_path()
+    args.warmup_steps = args.microbatches if device.type == "cuda" else args.warmup
+    warmup_batches = 0 if device.type == "cuda" else args.warmup_steps
+    count = warmup_batches + args.microbatches
+    batches, data_stats = load_microbatches(tokenizer, cfg, data, batch_size, count, args.concatenate)
+    if device.type == "cuda":  # the warm-up runs exactly the microbatches that will be timed: every shape
+        batches = batches + batches
+    predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
+    model = build_model(args, tokenizer, device)
+    model.train()
+    checkpointing = args.gradient_checkpointing == "on" or (
+        args.gradient_checkpointing == "auto" and device.type == "cuda"
+    )
+    if checkpointing:
+        enable_checkpointing(model)
+    args.head_dim = (
+        getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    )
+    methods = list(CORE) + ([] if args.no_variants else variants(device))
+    if args.methods:
+        unknown = set(args.methods) - {m.name for m in methods}
+        if unknown:
+            raise UserError(f"--methods: unknown {sorted(unknown)}; known: {[m.name for m in methods]}")
+        methods = [m for m in methods if m.name in args.methods or m.name == BASELINE]
+    if args.memory_probe:  # a fresh process measures one method
+        methods = [m for m in methods if m.name == args.memory_probe]
+    runners, skipped = {}, {}
+    for method in methods:
+        reason = unavailable(method, device)
+        if reason is not None:
+            skipped[method.name] = {"label": method.label, "status": "skipped", "reason": reason}
+            continue
+        runner = Runner(method, [], executor(method, tokenizer.pad_token_id), method.packed and method.jepa)
+        runner.fused = runner.fused and device.type == "cuda"
+        try:
+            runner.floor_plans = method_plans(method, batches, cfg, predictor_ids)
+            runner.plans = runner.floor_plans
+            if method.pad_to_max_length:
+                runner.plans = [pad_rows(plan, cfg.max_length, tokenizer.pad_token_id) for plan in runner.plans]
+        except Exception as err:
+            runner.error = failure(err)
+        runners[method.name] = runner
+    return {
+        "device": device,
+        "model": model,
+        "cfg": cfg,
+        "data": data,
+        "batch_size": batch_size,
+        "data_stats": data_stats,
+        "checkpointing": checkpointing,
+        "runners": runners,
+        "skipped": skipped,
+    }
+
+
+def run_bench(args: argparse.Namespace, setup: dict) -> dict:
+    """Warm-up of every method, interleaved timed rounds, then (CPU) the memory probes; the report."""
+    device, model, runners = setup["device"], setup["model"], setup["runners"]
+    initial = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0, fused=device.type == "cuda")
+    prime_optimizer(model, optimizer)
+    for runner in runners.values():
+        if runner.error is None:
+            warm_up(model, optimizer, initial, runner, args, device)
+        print(f"bench_step: warmed {runner.method.name}: {runner.error or 'ok'}", file=sys.stderr, flush=True)
+    order = [r for r in runners.values()]
+    for round_index in range(args.rounds):
+        shift = round_index % len(order)
+        for runner in order[shift:] + order[:shift]:
+            if runner.error is None:
+                timed_round(model, optimizer, runner, args, device)
+        print(f"bench_step: round {round_index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     del optimizer
     free_memory(device)
-    return {
-        "executor": "run_fast" if method.packed else "run_reference",
-        "plan": "jepa" if method.jepa else "regular",
-        "fused_pair_loss": fused,
-        "median_ms": 1000 * statistics.median(timed),
-        "step_ms": [1000 * s for s in timed],
-        "peak_memory_mib": peak,
-        "weights_mib": weights_mib,
-        "tokens_per_step": statistics.mean(tokens_run(p, method.packed) for p in plans[args.warmup :]),
-        "rows_per_step": statistics.mean(len(p.rows) for p in plans[args.warmup :]),
-        "first_step_loss": losses[0].item(),
-    }
+    memory = {}
+    if device.type == "cpu" and not args.no_memory:
+        for name, runner in runners.items():
+            if runner.error is None and (args.memory_methods is None or name in args.memory_methods):
+                memory[name] = probe_in_fresh_process(name, args)
+                print(f"bench_step: memory {name}: {memory[name]}", file=sys.stderr, flush=True)
+    return build_report(args, setup, memory)
 
 
-# ---- results ---------------------------------------------------------------------------------
-def ratio(results: dict, numerator: str, denominator: str, key: str) -> float | None:
-    a, b = results[numerator].get(key), results[denominator].get(key)
-    return a / b if a is not None and b else None
+def method_record(runner: Runner, args: argparse.Namespace, memory: dict, shape: floor.ModelShape) -> dict:
+    timed = runner.plans[args.warmup_steps :]
+    record = {"label": runner.method.label, "status": "ok" if runner.error is None else "failed"}
+    if runner.error is not None:
+        record["reason"] = runner.error
+    if not timed:
+        return record
+    unpadded = runner.floor_plans[args.warmup_steps :]
+    works = [plan_work(runner.method, plan, bare, args) for plan, bare in zip(timed, unpadded)]
+    floor_work = sum((w[0] for w in works), floor.Work(0, 0, 0))
+    executed = sum((w[1] for w in works), floor.Work(0, 0, 0))
+    record.update(
+        tokens_per_step=statistics.mean(w[2] for w in works),
+        rows_per_step=statistics.mean(len(p.rows) for p in timed),
+        floor=vars(floor_work) | {"train_flops_per_step": floor_work.train_flops(shape) / len(timed)},
+        executed=vars(executed) | {"train_flops_per_step": executed.train_flops(shape) / len(timed)},
+        first_step_loss=runner.first_loss,
+        round_ms=runner.round_ms,
+        median_ms=statistics.median(runner.round_ms) if runner.round_ms else None,
+    )
+    if args.device == "cuda":
+        record["peak_memory_mib"] = runner.peak_mib
+    elif runner.method.name in memory:
+        probe = memory[runner.method.name]
+        record["memory_probe"] = probe
+        record["peak_memory_mib"] = probe.get("peak_extra_mib")
+        if "error" in probe and record["status"] == "ok":
+            record["memory_error"] = probe["error"]
+    return record
 
 
-def ratios(results: dict) -> dict:
-    return {
-        f"{a} / {b}": {"time": ratio(results, a, b, "median_ms"), "memory": ratio(results, a, b, "peak_memory_mib")}
-        for a, b in RATIOS
-    }
+def add_ratios(methods: dict) -> None:
+    base = methods.get(BASELINE, {})
+    for record in methods.values():
+        if record.get("median_ms") is None or base.get("median_ms") is None:
+            continue
+        record["time_ratio"] = record["median_ms"] / base["median_ms"]
+        record["flop_ratio"] = record["floor"]["train_flops_per_step"] / base["floor"]["train_flops_per_step"]
+        record["efficiency"] = record["flop_ratio"] / record["time_ratio"]
+        if record.get("peak_memory_mib") is not None and base.get("peak_memory_mib"):
+            record["memory_ratio"] = record["peak_memory_mib"] / base["peak_memory_mib"]
 
 
-def loss_agreement(results: dict) -> dict:
-    """Relative difference of first-step losses between methods that compute the same function."""
+def attention_waste(setup: dict, args: argparse.Namespace) -> dict:
+    """Computed / visible attention pairs of the fast paths' streams (timed microbatches together)."""
+    tiles = floor.triton_tiles(args.head_dim, torch.bfloat16)
     out = {}
-    for a, b in SAME_LOSS:
-        la, lb = results[a].get("first_step_loss"), results[b].get("first_step_loss")
-        out[f"{a} vs {b}"] = abs(la - lb) / abs(lb) if la is not None and lb is not None else None
+    for name, runner in setup["runners"].items():
+        if not runner.method.packed or runner.method.attention or runner.method.lm_head or not runner.plans:
+            continue
+        ratios = [floor.attention_waste(floor.stream_ranges(p.packed), tiles) for p in runner.plans]
+        out[name] = {k: statistics.mean(r[k] for r in ratios) for k in ratios[0]}
     return out
 
 
-def fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+def build_report(args: argparse.Namespace, setup: dict, memory: dict) -> dict:
+    device, model = setup["device"], setup["model"]
+    shape = floor.ModelShape.from_config(model.config)
+    methods = {name: method_record(r, args, memory, shape) for name, r in setup["runners"].items()}
+    methods.update(setup["skipped"])
+    add_ratios(methods)
+    loss_agreement = {}
+    for a, b in SAME_LOSS:
+        la, lb = (methods.get(x, {}).get("first_step_loss") for x in (a, b))
+        loss_agreement[f"{a} vs {b}"] = abs(la - lb) / abs(lb) if la is not None and lb is not None else None
+    cfg = setup["cfg"]
+    return {
+        "config": args.config,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "versions": {name: version(name) for name in ("torch", "transformers", "triton")},
+        "dtype": str(model_dtype(args, device)).removeprefix("torch."),
+        "data": str(setup["data"]) + (" (concatenated to max_length)" if args.concatenate else ""),
+        "rounds": args.rounds,
+        "microbatches": args.microbatches,
+        "warmup_steps_per_method": args.warmup_steps,
+        "shapes": {
+            **model_shapes(model),
+            "batch_size": setup["batch_size"],
+            "max_length": cfg.max_length,
+            "num_prediction_steps": cfg.num_prediction_steps,
+            "predictors": cfg.predictors,
+            "step_separator": cfg.step_separator,
+            "lbd": args.lbd,
+            "gradient_checkpointing": setup["checkpointing"],
+            **setup["data_stats"],
+        },
+        "flop_model": {
+            "head_to_layers_ratio": shape.head_to_layers_ratio,
+            "llama_1b_head_to_layers_ratio": floor.LLAMA_1B.head_to_layers_ratio,
+        },
+        "memory_method": (
+            "CUDA max_memory_allocated over the method's warm-up (weights, grads, AdamW, activations)"
+            if device.type == "cuda"
+            else "fresh process per method: peak RSS (VmHWM reset after load) minus RSS after loading model "
+            "and data, over one step per timed microbatch (grads, AdamW state, activations)"
+        ),
+        "methods": methods,
+        "attention_computed_over_visible": attention_waste(setup, args),
+        "loss_agreement": loss_agreement,
+    }
+
+
+# ---- output --------------------------------------------------------------------------------------
+def fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
 
 
 def markdown(report: dict) -> str:
-    results, shapes = report["methods"], report["shapes"]
+    s = report["shapes"]
     lines = [
         f"### Optimizer step, {report['config']}: {report['device']}, {report['dtype']}, {report['date']}",
         "",
-        f"batch {shapes['batch_size']}, max_length {shapes['max_length']}, mean view-1 length "
-        f"{shapes['mean_view1_length']:.1f} tokens, N={shapes['num_prediction_steps']}, "
-        f"K={shapes['predictors']}, gradient checkpointing {shapes['gradient_checkpointing']}, "
-        f"median of {report['steps']} steps after {report['warmup']} warmup",
+        f"{s['parameters'] / 1e6:.1f}M parameters (hidden {s['hidden_size']}, {s['num_hidden_layers']} layers, "
+        f"{s['num_attention_heads']}/{s['num_key_value_heads']} heads of {s['head_dim']}, MLP "
+        f"{s['intermediate_size']}, vocab {s['vocab_size']}); LM head / layers FLOPs "
+        f"{report['flop_model']['head_to_layers_ratio']:.3f} (Llama-3.2-1B "
+        f"{report['flop_model']['llama_1b_head_to_layers_ratio']:.3f}). Data {report['data']}: batch "
+        f"{s['batch_size']}, max_length {s['max_length']}, mean view-1 length {s['mean_view1_length']:.1f}, "
+        f"N={s['num_prediction_steps']}, K={s['predictors']}, gradient checkpointing {s['gradient_checkpointing']}. "
+        f"Time: median over {report['rounds']} interleaved rounds of {report['microbatches']} microbatches, "
+        f"{report['warmup_steps_per_method']} warm-up steps per method. Memory: {report['memory_method']}.",
         "",
-        "| method | median step ms | peak memory MiB | tokens/step | rows/step | first-step loss "
-        "| time / packed_regular | memory / packed_regular |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | ms/step | time ratio | FLOP ratio | efficiency | memory MiB | memory ratio | tokens/step "
+        "| floor GFLOP/step | executed GFLOP/step | first-step loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
-        if "error" in r:
-            lines.append(f"| {name} | {r['error']} | | | | | | |")
+    for name, r in report["methods"].items():
+        label = f"{r['label']} {name}"
+        if r["status"] != "ok" and r.get("median_ms") is None:
+            lines.append(f"| {label} | {r['status']}: {r.get('reason', '')} |" + " |" * 9)
             continue
-        time_ratio = ratio(results, name, "packed_regular", "median_ms")
-        memory_ratio = ratio(results, name, "packed_regular", "peak_memory_mib")
         lines.append(
-            f"| {name} | {r['median_ms']:.1f} | {fmt(r['peak_memory_mib'], '.0f')} | {r['tokens_per_step']:.0f} "
-            f"| {r['rows_per_step']:.0f} | {r['first_step_loss']:.6f} | {fmt(time_ratio, '.2f')} "
-            f"| {fmt(memory_ratio, '.2f')} |"
+            f"| {label} | {fmt(r['median_ms'], '.1f')} | {fmt(r.get('time_ratio'), '.2f')} "
+            f"| {fmt(r.get('flop_ratio'), '.2f')} | {fmt(r.get('efficiency'), '.2f')} "
+            f"| {fmt(r.get('peak_memory_mib'), '.0f')} | {fmt(r.get('memory_ratio'), '.2f')} "
+            f"| {r['tokens_per_step']:.0f} | {r['floor']['train_flops_per_step'] / 1e9:.2f} "
+            f"| {r['executed']['train_flops_per_step'] / 1e9:.2f} | {fmt(r['first_step_loss'], '.6f')} |"
         )
-    speedup = report["ratios"]["upstream_jepa / fast_jepa"]
-    time_ratio, memory_ratio = fmt(speedup["time"], ".2f"), fmt(speedup["memory"], ".2f")
-    lines += ["", f"upstream_jepa / fast_jepa: time {time_ratio}, memory {memory_ratio}"]
-    lines += [f"first-step loss, relative difference {k}: {fmt(v, '.1e')}" for k, v in report["loss_agreement"].items()]
-    if report["memory_note"]:
-        lines += ["", report["memory_note"]]
+    spread = [
+        f"{name} {min(r['round_ms']):.0f}-{max(r['round_ms']):.0f}"
+        for name, r in report["methods"].items()
+        if r.get("round_ms")
+    ]
+    lines += ["", "Per-round ms/step (min-max): " + ", ".join(spread)]
+    lines += [f"First-step loss, relative difference {k}: {fmt(v, '.1e')}" for k, v in report["loss_agreement"].items()]
+    waste = report["attention_computed_over_visible"]
+    if waste:
+        lines += ["", "Attention pairs computed / visible (mean over microbatches):", ""]
+        kinds = list(next(iter(waste.values())))
+        lines += ["| stream | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        lines += [f"| {n} | " + " | ".join(f"{w[k]:.2f}" for k in kinds) + " |" for n, w in waste.items()]
     return "\n".join(lines) + "\n"
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n, r in report["methods"].items() if "error" not in r]
-    fig, (ax_time, ax_memory) = plt.subplots(1, 2, figsize=(11, 3.6))
-    ax_time.barh(names, [report["methods"][n]["median_ms"] for n in names], color="tab:blue")
-    ax_time.set_xlabel("median step time (ms)")
-    memory = [report["methods"][n]["peak_memory_mib"] for n in names]
-    if all(m is not None for m in memory):
-        ax_memory.barh(names, memory, color="tab:orange")
-        ax_memory.set_xlabel("peak memory (MiB)")
-    else:
-        ax_memory.text(0.5, 0.5, "peak memory: n/a on CPU", ha="center", va="center", transform=ax_memory.transAxes)
-        ax_memory.set_axis_off()
-    for ax in (ax_time, ax_memory):
-        ax.invert_yaxis()  # methods top to bottom in table order
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"bench_step {report['config']}: {report['device']}, {report['dtype']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def version(package: str) -> str | None:
@@ -422,7 +842,7 @@ def version(package: str) -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} torch threads"
+    return f"CPU {platform.machine()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)"
 
 
 def model_shapes(model: torch.nn.Module) -> dict:
@@ -434,92 +854,98 @@ def model_shapes(model: torch.nn.Module) -> dict:
     return shapes
 
 
-def write_outputs(report: dict, out_dir: Path) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"step_{report['config']}"
+def write_outputs(report: dict, stem: Path, table: str) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
     stem.with_suffix(".md").write_text(table)
-    plot(report, stem.with_suffix(".png"))
-    return table
 
 
-# ---- main ------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", choices=sorted(CONFIGS), default="llama-1b")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one gives the loss)")
-    p.add_argument("--num_prediction_steps", type=int, default=2, help="N of the JEPA plan")
-    p.add_argument("--predictors", type=int, default=1, help="K predictor tokens")
-    p.add_argument("--lbd", type=float, default=0.1)
-    p.add_argument("--batch_size", type=int, default=None, help="default: the config's")
-    p.add_argument("--max_length", type=int, default=None, help="default: the config's")
-    p.add_argument("--data", type=Path, default=None, help="default: the config's data file")
-    p.add_argument("--step_separator", default=None, help="default: the config's")
-    p.add_argument("--gradient_checkpointing", action="store_true")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto", help="llama-1b")
-    p.add_argument("--num_layers", type=int, default=None, help="llama-1b with fewer layers (quick checks)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out_dir", type=Path, default=ROOT / "bench" / "results")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
-    return args
+# ---- sweeps --------------------------------------------------------------------------------------
+def sweep(args: argparse.Namespace) -> dict:
+    """One interleaved benchmark per value of sequence length or N; one table of ratios over the values."""
+    what, values = args.sweep[0], [int(v) for v in args.sweep[1:]]
+    reports = []
+    for value in values:
+        one = argparse.Namespace(**vars(args))
+        one.sweep = None
+        if what == "length":
+            one.max_length, one.concatenate = value, True
+            one.argv = strip_sweep(args.argv) + ["--max_length", str(value), "--concatenate"]
+        else:
+            one.num_prediction_steps = value
+            one.argv = strip_sweep(args.argv) + ["--num_prediction_steps", str(value)]
+        print(f"bench_step: sweep {what} = {value}", file=sys.stderr, flush=True)
+        reports.append(run_bench(one, setup_bench(one)))
+    report = {"sweep": what, "values": values, "reports": reports}
+    stem = args.out_dir / (args.name or f"sweep_{what}_{args.config}")
+    table = sweep_markdown(report)
+    write_outputs(report, stem, table)
+    print(table)
+    return report
 
 
+def strip_sweep(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if a == "--sweep":
+            skip = True
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        out.append(a)
+    return out
+
+
+def sweep_markdown(report: dict) -> str:
+    first = report["reports"][0]
+    what = "view-1 length (concatenated gsm8k)" if report["sweep"] == "length" else "N"
+    lines = [
+        f"### Scaling over {what}, {first['config']}: {first['device']}, {first['dtype']}, {first['date']}",
+        "",
+        f"Each value its own interleaved run ({first['rounds']} rounds x {first['microbatches']} microbatches, "
+        f"batch {first['shapes']['batch_size']}). Ratios to packed_regular of the same run; efficiency = FLOP "
+        f"ratio / time ratio; memory: {first['memory_method']}.",
+        "",
+        f"| {report['sweep']} | method | ms/step | time ratio | FLOP ratio | efficiency | memory MiB | memory ratio "
+        "| tokens/step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for value, rep in zip(report["values"], report["reports"]):
+        for name, r in rep["methods"].items():
+            if r["label"] == "variant":
+                continue
+            if r.get("median_ms") is None:
+                lines.append(f"| {value} | {r['label']} {name} | {r['status']}: {r.get('reason', '')} |" + " |" * 6)
+                continue
+            lines.append(
+                f"| {value} | {r['label']} {name} | {r['median_ms']:.0f} | {fmt(r.get('time_ratio'), '.2f')} "
+                f"| {fmt(r.get('flop_ratio'), '.2f')} | {fmt(r.get('efficiency'), '.2f')} "
+                f"| {fmt(r.get('peak_memory_mib'), '.0f')} | {fmt(r.get('memory_ratio'), '.2f')} "
+                f"| {r['tokens_per_step']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+# ---- main ----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    bench = CONFIGS[args.config]
-    device = torch.device("cuda" if bench.cuda_if_available and torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer("llmjepa/tiny-llama")
-    args.pad_token_id = tokenizer.pad_token_id
-    cfg = ViewConfig(
-        num_prediction_steps=args.num_prediction_steps,
-        predictors=args.predictors,
-        step_separator=args.step_separator if args.step_separator is not None else bench.step_separator,
-        max_length=args.max_length or bench.max_length,
+    print(
+        f"bench_step: LM head / all layers FLOPs per token: proxy {floor.PROXY.head_to_layers_ratio:.3f}, "
+        f"Llama-3.2-1B {floor.LLAMA_1B.head_to_layers_ratio:.3f}",
+        file=sys.stderr,
     )
-    batch_size = args.batch_size or bench.batch_size
-    data = args.data or bench.data
-    batches, data_stats = load_microbatches(tokenizer, cfg, data, batch_size, args.warmup + args.steps)
-    predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
-    model = build_model(args.config, tokenizer, args, device)
-    model.train()
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    initial = snapshot(model)
-    results = {}
-    for method in METHODS:
-        plans = method_plans(method, batches, cfg, predictor_ids, tokenizer.pad_token_id)
-        results[method.name] = run_method(model, initial, method, plans, args, device)
-        print(f"bench_step: {method.name}: {results[method.name]}", file=sys.stderr)
-    report = {
-        "config": args.config,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device),
-        "versions": {name: version(name) for name in ("torch", "transformers", "triton")},
-        "dtype": str(model_dtype(args, device)).removeprefix("torch."),
-        "data": str(data),
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "shapes": {
-            **model_shapes(model),
-            "batch_size": batch_size,
-            "max_length": cfg.max_length,
-            "num_prediction_steps": args.num_prediction_steps,
-            "predictors": args.predictors,
-            "step_separator": cfg.step_separator,
-            "lbd": args.lbd,
-            "gradient_checkpointing": args.gradient_checkpointing,
-            **data_stats,
-        },
-        "memory_note": None if device.type == "cuda" else "peak memory: n/a on CPU (max RSS is per process)",
-        "methods": results,
-    }
-    report["ratios"] = ratios(results)
-    report["loss_agreement"] = loss_agreement(results)
-    print(write_outputs(report, args.out_dir))
+    if args.sweep:
+        return sweep(args)
+    setup = setup_bench(args)
+    if args.memory_probe:
+        result = memory_probe(args, setup)
+        print("MEMORY_PROBE " + json.dumps(result), flush=True)
+        return result
+    report = run_bench(args, setup)
+    table = markdown(report)
+    write_outputs(report, args.out_dir / (args.name or f"step_{args.config}"), table)
+    print(table)
     return report
 
 
