@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
+from .errors import NonFiniteLoss
 from .execute import Executed, Executor
 from .losses import jepa_pair_losses
 from .plan import ViewPlan
@@ -223,6 +224,20 @@ class JepaTrainer(Trainer):
         )
         if self.track_flops:
             self.history[-1]["flops"] = 6 * self.model.num_parameters() * int(tokens)
+        self.stop_if_not_finite(self.history[-1])
+
+    def stop_if_not_finite(self, record: dict) -> None:
+        """Stop at a non-finite loss, LM or JEPA term or gradient norm: raised before optimizer.step, so the
+        weights stay the previous step's. Every non-finite value in the record becomes None (null in
+        metrics.jsonl, which stays strict JSON). Under fp16 mixed precision an inf gradient norm is the
+        grad scaler's overflow, whose step it skips: the norm is not checked there."""
+        checked = ("loss", "lm_loss", "jepa_loss") + (() if self.args.fp16 else ("grad_norm",))
+        bad = {k: record[k] for k in checked if isinstance(record.get(k), float) and not math.isfinite(record[k])}
+        for key, value in record.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                record[key] = None
+        if bad:
+            raise NonFiniteLoss(record["step"], bad, record)
 
     def maybe_print_debug(self, plan: ViewPlan, ce_sum: torch.Tensor, loss: torch.Tensor, cos: Any) -> None:
         self.microbatches_seen += 1
