@@ -1,8 +1,10 @@
 """Packing: a microbatch's view plan as one padding-free stream for the fast executor.
 
-- Packing. Every row's tokens go back to back into one stream of T tokens (no padding). Each token
-  keeps its position id, and its visibility becomes the kernels' per-token key ranges, shifted to
-  stream indices (`pack_plan`).
+- Packing. Every row's tokens go back to back into one stream of T tokens (no padding), each example's
+  rows together (view 1, then that example's other views), so the keys a token sees lie near it: the
+  PyTorch attention's key windows and the Triton kernel's touched tiles stay inside one example. Each
+  token keeps its position id, and its visibility becomes the kernels' per-token key ranges, shifted
+  to stream indices (`pack_plan`).
 - Prefix sharing. A row whose first n tokens repeat view 1 (same tokens, same positions, causal
   from 0: `ViewRow.prefix_source`) does not recompute them: its later tokens see view 1's keys for
   that prefix through their shared range. Their K and V are the same numbers, so attention is too.
@@ -10,14 +12,20 @@
   sees (transitively), are kept: the Text view ends at its predictor, the Step-JEPA target view
   loses step 0 (never a target) and everything after the last target.
 
-The collator packs (in data-loader workers), so the training step does not pay for it.
+Packing runs over whole rows with numpy (the plan's lists are converted once, `row_arrays`); the only
+Python loops are per row and per pair-read. The collator packs (in data-loader workers), and the
+PackedStream holds only tensors, so it pickles cheaply.
 """
 
+import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .plan import IGNORE_INDEX, ViewPlan, ViewRow, check_row
+from .plan import IGNORE_INDEX, ViewPlan
+
+RANGE_DTYPE = torch.int32  # the attention reads int32 ranges; halves what the collator ships
 
 
 @dataclass
@@ -26,132 +34,244 @@ class PackedStream:
 
     input_ids: torch.Tensor  # (T,)
     position_ids: torch.Tensor  # (T,)
-    shared_start: torch.Tensor  # (T,)
-    shared_end: torch.Tensor  # (T,)
-    causal_start: torch.Tensor  # (T,)
+    shared_start: torch.Tensor  # (T,) int32
+    shared_end: torch.Tensor  # (T,) int32
+    causal_start: torch.Tensor  # (T,) int32
     label_index: torch.Tensor  # (n,) stream tokens whose hidden state predicts a label
     label_target: torch.Tensor  # (n,) the labels they predict
     pred_index: torch.Tensor  # (pairs,)
     target_index: torch.Tensor  # (pairs,)
-    stream_index: list[list[int]]  # [row][token]: where the plan's token lives in the stream, -1 if dropped
 
     def to(self, device: torch.device) -> "PackedStream":
-        moved = {name: t.to(device) if isinstance(t, torch.Tensor) else t for name, t in vars(self).items()}
-        return PackedStream(**moved)
+        """A copy on device (of this class; other fields as they are). To CUDA through pinned memory with
+        non_blocking=True: the uploads are queued and the step goes on, where a blocking upload (or one
+        from pageable memory) would wait for the GPU."""
+        from llmjepa_kernels.block_layout import to_device  # plain torch; imported late, as the kernels are
+
+        device = torch.device(device)
+        moved = {name: to_device(t, device) if isinstance(t, torch.Tensor) else t for name, t in vars(self).items()}
+        return type(self)(**moved)
 
     @property
     def n_tokens(self) -> int:
         return self.input_ids.numel()
 
+    # Pickled as numpy arrays: a CPU tensor pickles through torch's storage serialization (about 30 us
+    # each to load on the 2-core CPU, 2026-11-24), nine numpy arrays load in about 10 us together. The
+    # data-loader workers' pickler then sends bytes, not a shared-memory segment per tensor.
+    def __getstate__(self) -> dict:
+        cpu = lambda t: isinstance(t, torch.Tensor) and t.device.type == "cpu"  # noqa: E731
+        return {name: value.numpy() if cpu(value) else value for name, value in vars(self).items()}
 
-def needed_tokens(row: ViewRow, read: set[int]) -> list[bool]:
-    """Tokens of a row that the tokens in `read` see, transitively (a causal-range row: one sweep).
-
-    Going down the row, `reach` is the lowest causal start among needed tokens at or after the
-    current one; a token is needed when it is read or some needed later token's range covers it."""
-    keep = [False] * len(row)
-    reach = len(row)
-    for j in range(len(row) - 1, -1, -1):
-        if j in read or reach <= j:
-            keep[j] = True
-            reach = min(reach, row.causal_start[j])
-    return keep
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, torch.from_numpy(value) if isinstance(value, np.ndarray) else value)
 
 
-def has_shared_range(row: ViewRow) -> bool:
-    return any(e >= s for s, e in zip(row.shared_start, row.shared_end))
-
-
-def trains(row: ViewRow) -> bool:
-    return any(label != IGNORE_INDEX for label in row.labels)
-
-
-def row_reads(plan: ViewPlan) -> dict[int, set[int]]:
-    """Per row, the token indices that pairs read."""
-    reads: dict[int, set[int]] = {}
-    for (pr, pt), (tr, tt) in plan.pairs:
-        reads.setdefault(pr, set()).add(pt)
-        reads.setdefault(tr, set()).add(tt)
-    return reads
+# ---- the plan's rows as flat arrays ---------------------------------------------------------------
+ROW_FIELDS = ("input_ids", "position_ids", "causal_start", "shared_start", "shared_end", "labels")
 
 
 @dataclass
-class _StreamBuilder:
-    """Accumulates rows into stream lists; `where[r][t]` is row r token t's stream index (or -1)."""
+class RowArrays:
+    """A plan's rows as flat int64 arrays, row after row in plan order; `offset[r]` is row r's first token."""
 
-    ids: list[int]
-    pos: list[int]
-    shared_start: list[int]
-    shared_end: list[int]
-    causal_start: list[int]
-    where: list[list[int]]
+    offset: np.ndarray  # (rows + 1,)
+    row: np.ndarray  # (tokens,) the row of each token
+    local: np.ndarray  # (tokens,) its index inside the row
+    input_ids: np.ndarray
+    position_ids: np.ndarray
+    causal_start: np.ndarray
+    shared_start: np.ndarray
+    shared_end: np.ndarray
+    labels: np.ndarray
 
-    def add_row(self, row: ViewRow, keep: list[bool], prefix: tuple[int, int] | None) -> None:
-        """Append the kept tokens of a row; with prefix (source row, n), tokens < n come from the source."""
-        n = prefix[1] if prefix is not None else 0
-        where = (self.where[prefix[0]][:n] if prefix is not None else []) + [-1] * (len(row) - n)
-        for t in range(n, len(row)):
-            if keep[t]:
-                where[t] = len(self.ids)
-                self.ids.append(row.input_ids[t])
-                self.pos.append(row.position_ids[t])
-        for t in range(n, len(row)):
-            if keep[t]:
-                self.add_ranges(row, t, where, n)
-        self.where.append(where)
+    @property
+    def has_shared(self) -> np.ndarray:
+        return self.shared_end >= self.shared_start
 
-    def add_ranges(self, row: ViewRow, t: int, where: list[int], n: int) -> None:
-        """Token t sees row tokens [causal_start, t] (kept by construction) and its own shared range;
-        the part of the causal range inside a shared prefix becomes the stream's shared range."""
-        cs = row.causal_start[t]
-        if cs < n:  # the prefix [cs, n) lives in the source row, contiguous there
-            self.shared_start.append(where[cs])
-            self.shared_end.append(where[n - 1])
-            self.causal_start.append(where[n])
-            return
-        self.causal_start.append(where[cs])
-        if row.shared_end[t] >= row.shared_start[t]:
-            self.shared_start.append(where[row.shared_start[t]])
-            self.shared_end.append(where[row.shared_end[t]])
-        else:
-            self.shared_start.append(0)
-            self.shared_end.append(-1)
+    def any_per_row(self, flag: np.ndarray) -> np.ndarray:
+        """(rows,) bool: some token of the row has `flag`."""
+        return np.bincount(self.row[flag], minlength=len(self.offset) - 1) > 0
+
+
+def row_arrays(plan: ViewPlan) -> RowArrays:
+    """Convert the plan's per-token lists once (one C loop per field), then validate every row at once."""
+    rows = plan.rows
+    lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+    for row in rows:
+        if any(len(getattr(row, name)) != len(row) for name in ROW_FIELDS[1:]):
+            raise ValueError(f"row of view {row.view!r}: per-token fields differ in length")
+    offset = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offset[1:])
+    total = int(offset[-1])
+    row = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    fields = {
+        name: np.fromiter(itertools.chain.from_iterable(getattr(r, name) for r in rows), dtype=np.int64, count=total)
+        for name in ROW_FIELDS
+    }
+    arrays = RowArrays(offset=offset, row=row, local=np.arange(total, dtype=np.int64) - offset[row], **fields)
+    check_rows(plan, arrays)
+    return arrays
+
+
+def check_rows(plan: ViewPlan, arrays: RowArrays) -> None:
+    """plan.check_row for every row at once: every token sees some key (an empty row of the mask would
+    give NaN), and its ranges lie inside its row."""
+    lengths = np.diff(arrays.offset)[arrays.row]
+    causal_empty = arrays.causal_start > arrays.local
+    has_shared = arrays.has_shared
+    problems = (
+        (causal_empty & ~has_shared, "sees no key"),
+        (~causal_empty & (arrays.causal_start < 0), "has a causal range starting before the row"),
+        (
+            has_shared & ((arrays.shared_start < 0) | (arrays.shared_end >= lengths)),
+            "has a shared range outside the row",
+        ),
+    )
+    for bad, what in problems:
+        if bad.any():
+            g = int(np.flatnonzero(bad)[0])
+            r, t = int(arrays.row[g]), int(arrays.local[g])
+            raise ValueError(f"row {r} of view {plan.rows[r].view!r}: token {t} {what}")
+
+
+# ---- packing ---------------------------------------------------------------------------------------
+def stream_order(plan: ViewPlan) -> list[int]:
+    """Rows in stream order: by example, in plan order inside one (view 1 comes first in build_plan)."""
+    return sorted(range(len(plan.rows)), key=lambda r: plan.rows[r].example)
+
+
+def pair_reads(plan: ViewPlan, arrays: RowArrays) -> tuple[np.ndarray, np.ndarray]:
+    """Flat token indices of every pair's predictor and target."""
+    pairs = np.asarray(plan.pairs, dtype=np.int64).reshape(-1, 4)  # (pairs, [pr, pt, tr, tt])
+    lengths = np.diff(arrays.offset)
+    for k, (r, t) in enumerate((pairs[:, 0:2].T, pairs[:, 2:4].T)):
+        bad = (r < 0) | (r >= len(lengths)) | (t < 0) | (t >= lengths[np.clip(r, 0, len(lengths) - 1)])
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"pair {i} reads {('predictor', 'target')[k]} (row {r[i]}, token {t[i]}), outside the plan"
+            )
+    return arrays.offset[pairs[:, 0]] + pairs[:, 1], arrays.offset[pairs[:, 2]] + pairs[:, 3]
+
+
+def needed_in_row(causal_start: np.ndarray, reads: np.ndarray) -> np.ndarray:
+    """Tokens of a causal-range row that the read tokens see, transitively.
+
+    The needed tokens form blocks [lo, p], p a read: going down from p, token j < p is needed while some
+    needed token above it starts at or before j, i.e. while min(causal_start[j+1 .. p]) <= j (every
+    token of (j, p] is needed). Below the first j that fails, this read needs nothing more; lower reads
+    start their own blocks. One cumulative minimum per block."""
+    keep = np.zeros(len(causal_start), dtype=bool)
+    lowest = len(causal_start)  # tokens >= lowest are decided
+    for p in np.unique(reads)[::-1]:
+        if p >= lowest:
+            continue  # inside the block above
+        reach = np.minimum.accumulate(causal_start[p:0:-1])  # reach[k] = min causal_start over [p - k, p]
+        stops = np.flatnonzero(reach > np.arange(p - 1, -1, -1))  # token j = p - 1 - k is not needed
+        lo = p - int(stops[0]) if len(stops) else 0
+        keep[lo : p + 1] = True
+        lowest = lo
+    return keep
 
 
 def pack_plan(plan: ViewPlan, share_prefixes: bool = True, truncate_views: bool = True) -> PackedStream:
-    """The plan's rows as one stream with prefix sharing and view truncation (module docstring)."""
-    reads = row_reads(plan)
+    """The plan's rows as one stream, example by example, with prefix sharing and view truncation."""
+    return _pack(plan, share_prefixes, truncate_views)[0]
+
+
+def pack_plan_indexed(
+    plan: ViewPlan, share_prefixes: bool = True, truncate_views: bool = True
+) -> tuple[PackedStream, list[list[int]]]:
+    """pack_plan, and for tests and tools `where[row][token]`: the stream index of each of the plan's
+    tokens (-1 where dropped; a shared prefix's tokens point to the source's)."""
+    stream, where, offset = _pack(plan, share_prefixes, truncate_views)
+    return stream, [where[lo:hi].tolist() for lo, hi in zip(offset[:-1], offset[1:])]
+
+
+def _pack(plan: ViewPlan, share_prefixes: bool, truncate_views: bool) -> tuple[PackedStream, np.ndarray, np.ndarray]:
+    """The stream, each plan token's stream index (flat, -1 if dropped) and the rows' flat offsets."""
+    arrays = row_arrays(plan)
+    n_rows = len(plan.rows)
+    pred, target = pair_reads(plan, arrays)
     # view 1 carries labels and is always whole; a row with its own shared range stays whole too
-    # (the sweep in needed_tokens follows causal ranges only)
-    whole = [not truncate_views or trains(row) or has_shared_range(row) for row in plan.rows]
-    builder = _StreamBuilder([], [], [], [], [], [])
+    # (needed_in_row follows causal ranges only)
+    has_shared = arrays.any_per_row(arrays.has_shared)
+    whole = has_shared | arrays.any_per_row(arrays.labels != IGNORE_INDEX) | (not truncate_views)
+    keep = np.repeat(whole, np.diff(arrays.offset))
+    reads = np.concatenate([pred, target])
+    for r in np.unique(arrays.row[reads]):
+        if not whole[r]:
+            lo, hi = arrays.offset[r], arrays.offset[r + 1]
+            keep[lo:hi] = needed_in_row(arrays.causal_start[lo:hi], reads[arrays.row[reads] == r] - lo)
+
+    order = stream_order(plan)
+    place = np.empty(n_rows, dtype=np.int64)
+    place[order] = np.arange(n_rows)
+    prefix = np.zeros(n_rows, dtype=np.int64)  # shared prefix length per row
+    source = np.full(n_rows, -1, dtype=np.int64)
     for r, row in enumerate(plan.rows):
-        check_row(row)
-        keep = [True] * len(row) if whole[r] else needed_tokens(row, reads.get(r, set()))
-        prefix = row.prefix_source if share_prefixes and not has_shared_range(row) else None
-        if prefix is not None and (prefix[0] >= r or not whole[prefix[0]]):  # a source must be earlier and whole
-            prefix = None
-        builder.add_row(row, keep, prefix)
-    label_index, label_target = [], []
-    for r, row in enumerate(plan.rows):
-        for t in range(len(row) - 1):
-            if row.labels[t + 1] != IGNORE_INDEX:
-                label_index.append(builder.where[r][t])
-                label_target.append(row.labels[t + 1])
-    pred = [builder.where[r][t] for (r, t), _ in plan.pairs]
-    target = [builder.where[r][t] for _, (r, t) in plan.pairs]
-    if min(pred + target + label_index, default=0) < 0:
+        if share_prefixes and row.prefix_source is not None and not has_shared[r]:
+            s, n = row.prefix_source
+            if not (0 <= s < n_rows and 0 <= n <= min(len(row), len(plan.rows[s]))):
+                raise ValueError(f"row {r} of view {row.view!r}: prefix_source {row.prefix_source} is outside the plan")
+            if n and whole[s] and place[s] < place[r]:  # a source must be packed whole, and before the row
+                prefix[r], source[r] = n, s
+
+    # the stream: each row's own kept tokens (not its shared prefix), rows in stream order
+    by_place = np.concatenate([np.arange(arrays.offset[r], arrays.offset[r + 1]) for r in order] or [np.zeros(0, int)])
+    own = keep & (arrays.local >= prefix[arrays.row])
+    tokens = by_place[own[by_place]]  # flat index of each stream token
+    where = np.full(len(arrays.row), -1, dtype=np.int64)
+    where[tokens] = np.arange(len(tokens))
+    for r in order:  # a prefix points to its source's stream places (the source is earlier: already set)
+        if prefix[r]:
+            dst, src = arrays.offset[r], arrays.offset[source[r]]
+            where[dst : dst + prefix[r]] = where[src : src + prefix[r]]
+
+    shared_start, shared_end, causal_start = stream_ranges(arrays, tokens, where, prefix)
+    label_at = np.flatnonzero((arrays.labels[1:] != IGNORE_INDEX) & (arrays.row[1:] == arrays.row[:-1]))
+    label_index = where[label_at]
+    if (where[pred] < 0).any() or (where[target] < 0).any() or (label_index < 0).any():
         raise AssertionError("a pair or label reads a token the packing dropped")  # a bug, not a user error
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return PackedStream(
-        input_ids=as_long(builder.ids),
-        position_ids=as_long(builder.pos),
-        shared_start=as_long(builder.shared_start),
-        shared_end=as_long(builder.shared_end),
-        causal_start=as_long(builder.causal_start),
-        label_index=as_long(label_index),
-        label_target=as_long(label_target),
-        pred_index=as_long(pred),
-        target_index=as_long(target),
-        stream_index=builder.where,
+    stream = PackedStream(
+        input_ids=torch.from_numpy(arrays.input_ids[tokens]),
+        position_ids=torch.from_numpy(arrays.position_ids[tokens]),
+        shared_start=torch.from_numpy(shared_start).to(RANGE_DTYPE),
+        shared_end=torch.from_numpy(shared_end).to(RANGE_DTYPE),
+        causal_start=torch.from_numpy(causal_start).to(RANGE_DTYPE),
+        label_index=torch.from_numpy(label_index),
+        label_target=torch.from_numpy(arrays.labels[label_at + 1]),
+        pred_index=torch.from_numpy(where[pred]),
+        target_index=torch.from_numpy(where[target]),
     )
+    return stream, where, arrays.offset
+
+
+def stream_ranges(
+    arrays: RowArrays, tokens: np.ndarray, where: np.ndarray, prefix: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stream tokens' ranges in stream indices.
+
+    A token sees row tokens [causal_start, t] and its own shared range. Kept tokens' ranges hold kept
+    tokens only (truncation keeps what kept tokens see), which are contiguous in the stream, so each
+    range maps to a stream range. The part of a causal range inside a shared prefix [0, n) lives in
+    the source row, contiguous there: it becomes the stream's shared range, the rest [n, t] the causal
+    range (a row with a prefix has no shared range of its own)."""
+    base = arrays.offset[arrays.row[tokens]]
+    t = arrays.local[tokens]
+    n = prefix[arrays.row[tokens]]
+    s, a, b = arrays.causal_start[tokens], arrays.shared_start[tokens], arrays.shared_end[tokens]
+    from_prefix = s < n  # (a row with a prefix has no shared range of its own)
+    has_shared = b >= a
+    causal_empty = s > t
+    causal_start = np.where(
+        causal_empty, np.arange(1, len(tokens) + 1), where[base + np.where(from_prefix, n, np.minimum(s, t))]
+    )
+    sees_shared = from_prefix | has_shared
+    shared_start = np.where(sees_shared, where[base + np.where(from_prefix, s, np.where(has_shared, a, t))], 0)
+    shared_end = np.where(sees_shared, where[base + np.where(from_prefix, n - 1, np.where(has_shared, b, t))], -1)
+    if (causal_start < 0).any() or (shared_start < 0).any() or (shared_end < -1).any():
+        raise AssertionError("a kept token sees a dropped key")  # a bug, not a user error
+    return shared_start, shared_end, causal_start
