@@ -398,6 +398,8 @@ def evaluate_predictions(examples: list[Example], args: argparse.Namespace, out:
         scoring.record(i, ex, ex.messages[-2]["content"], p) for i, (ex, p) in enumerate(zip(examples, predictions))
     ]
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [out / RUN_CONFIG, *out.glob("predictions.rank*.jsonl")]:  # a model run's: not to be resumed
+        stale.unlink(missing_ok=True)
     (out / PREDICTIONS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return Outcome(records, time.perf_counter() - start)
 

@@ -174,3 +174,33 @@ def test_references_equal_to_the_greedy_answers_score_one(tmp_path: Path) -> Non
     summary = json.loads((tmp_path / "second" / "summary.json").read_text())
     assert (summary["correct"], summary["n"]) == (3, 6)
     assert [r["correct"] for r in records(tmp_path / "second")] == [True, False] * 3
+
+
+def test_long_prompts_keep_their_end(tmp_path: Path) -> None:
+    """Upstream truncates prompts on the right (to --max_length, and hellaswag's to max_new_tokens), which
+    cuts the generation prompt; here a long prompt keeps its last --max_length tokens and is counted."""
+    out = tmp_path / "short"
+    assert evaluate.main(eval_argv(out, "--max_length", "12")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["truncated_prompts"] == 6
+    for rec in records(out):
+        assert rec["prompt"].endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+        assert not rec["prompt"].startswith("<|begin_of_text|>")
+
+
+def test_hellaswag_chooses_a_letter_without_generating(tmp_path: Path) -> None:
+    rows = []
+    for k, line in enumerate(sample_data_path("eval").read_text().splitlines()[:4]):
+        row = json.loads(line)
+        row["messages"][-2]["content"] += "\nA) one\nB) two\nC) three\nD) four"
+        row["messages"][-1]["content"] = "ABCD"[k]
+        rows.append(row)
+    data = write_jsonl(tmp_path / "hellaswag_test.jsonl", rows)
+    argv = eval_argv(tmp_path / "h")
+    argv[argv.index("--input_file") + 1] = str(data)
+    assert evaluate.main(argv) == 0
+    summary = json.loads((tmp_path / "h" / "summary.json").read_text())
+    assert summary["scorer"] == "hellaswag" and summary["backend"] == "choice"
+    recs = records(tmp_path / "h")
+    assert all(r["prediction"] in "ABCD" and len(r["prediction"]) == 1 for r in recs)
+    assert summary["correct"] == sum(r["prediction"] == r["reference"] for r in recs)
