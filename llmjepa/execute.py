@@ -1,19 +1,21 @@
 """Executors: run a ViewPlan through a causal LM and return what the losses need.
 
 `run_reference` is the pure-PyTorch path with upstream's semantics: rows right-padded to one
-length, a dense (rows, 1, L, L) additive mask built from the plan's ranges, one model call,
-logits for every row. The fast path (another module) returns the same `Executed` from a packed,
+length, a dense (rows, 1, L, L) additive mask built from the plan's ranges (on the model's device),
+one model call, logits for every row. The fast path (another module) returns the same `Executed` from a packed,
 padding-free stream.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from .losses import token_cross_entropy_sum
-from .plan import IGNORE_INDEX, ViewPlan, check_row, visibility
+from .pack import row_arrays
+from .plan import IGNORE_INDEX, NO_SHARED, ViewPlan
 
 
 @dataclass
@@ -28,36 +30,51 @@ Executor = Callable[[nn.Module, ViewPlan], Executed]
 
 
 def padded_inputs(plan: ViewPlan, pad_token_id: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """Right-padded ids, positions, labels and the dense additive mask of a plan's rows."""
-    for row in plan.rows:
-        check_row(row)
-    n_rows, length = len(plan.rows), max(len(row) for row in plan.rows)
-    input_ids = torch.full((n_rows, length), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((n_rows, length), dtype=torch.long)
-    labels = torch.full((n_rows, length), IGNORE_INDEX, dtype=torch.long)
-    visible = torch.eye(length, dtype=torch.bool).repeat(n_rows, 1, 1)  # pad queries see themselves
-    for r, row in enumerate(plan.rows):
-        n = len(row)
-        input_ids[r, :n] = torch.tensor(row.input_ids)
-        position_ids[r, :n] = torch.tensor(row.position_ids)
-        labels[r, :n] = torch.tensor(row.labels)
-        visible[r, :n, :n] = visibility(row)
-    mask = torch.zeros((n_rows, 1, length, length), dtype=dtype)
-    mask.masked_fill_(~visible[:, None], torch.finfo(dtype).min)
+    """Right-padded ids, positions, labels and the dense additive mask of a plan's rows.
+
+    The rows' fields cross to the device once, flat (`pack.row_arrays` converts and validates them on
+    the host); the padded tensors and the (rows, 1, L, L) mask are built there by whole-tensor ops."""
+    arrays = row_arrays(plan)
+    n_rows, length = len(plan.rows), int(np.diff(arrays.offset).max())
+    flat = np.stack(
+        [
+            arrays.row * length + arrays.local,
+            arrays.input_ids,
+            arrays.position_ids,
+            arrays.labels,
+            arrays.causal_start,
+            arrays.shared_start,
+            arrays.shared_end,
+        ]
+    )
+    at, ids, pos, labels, causal_start, shared_start, shared_end = torch.from_numpy(flat).to(device)
+
+    def padded(values: torch.Tensor, fill: torch.Tensor | int) -> torch.Tensor:
+        out = torch.full((n_rows * length,), fill, dtype=torch.long, device=device) if isinstance(fill, int) else fill
+        return out.index_copy_(0, at, values).view(n_rows, length)
+
+    i = torch.arange(length, device=device)
+    # pad queries see themselves (causal range [i, i]); the rows' ranges lie inside the rows (row_arrays
+    # checks), so no real query sees a pad key
+    s = padded(causal_start, i.repeat(n_rows))[:, :, None]
+    a = padded(shared_start, NO_SHARED[0])[:, :, None]
+    b = padded(shared_end, NO_SHARED[1])[:, :, None]
+    j = i[None, None, :]
+    visible = ((j >= s) & (j <= i[None, :, None])) | ((j >= a) & (j <= b))
+    zero = torch.zeros((), dtype=dtype, device=device)
     return {
-        "input_ids": input_ids.to(device),
-        "position_ids": position_ids.to(device),
-        "attention_mask": mask.to(device),
-        "labels": labels.to(device),
+        "input_ids": padded(ids, pad_token_id),
+        "position_ids": padded(pos, 0),
+        "attention_mask": torch.where(visible, zero, torch.finfo(dtype).min)[:, None],
+        "labels": padded(labels, IGNORE_INDEX),
     }
 
 
 def pair_indices(plan: ViewPlan, row_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices (row * row_length + token) of every pair's predictor and target."""
-    pred = [r * row_length + t for (r, t), _ in plan.pairs]
-    target = [r * row_length + t for _, (r, t) in plan.pairs]
-    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-    return as_tensor(pred), as_tensor(target)
+    pairs = torch.tensor(plan.pairs, dtype=torch.long).reshape(-1, 4)  # (pairs, [pr, pt, tr, tt])
+    flat = (pairs[:, 0::2] * row_length + pairs[:, 1::2]).t().to(device)
+    return flat[0], flat[1]
 
 
 def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
