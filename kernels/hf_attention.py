@@ -40,7 +40,7 @@ __all__ = ["ATTENTION_NAME", "block_causal_attention_forward", "register"]
 
 ATTENTION_NAME = "llmjepa_block_causal"
 _RANGE_NAMES = ("shared_start", "shared_end", "causal_start")
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "flex")
 
 
 def register() -> None:
@@ -131,7 +131,8 @@ def block_causal_attention_forward(
     """transformers attention function: query (B, Hq, L, D), key/value (B, Hkv, L, D) -> (B, L, Hq, D).
 
     block_causal_backend: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton"
-    or "torch" (the blockwise PyTorch form: a CPU training run under the interpreter would be slow).
+    or "torch" (the blockwise PyTorch form: a CPU training run under the interpreter would be slow),
+    or "flex" (torch's FlexAttention with a BlockMask from the layout; backward on CUDA only).
     block_causal_layout: a BlockCausalLayout of the B * L tokens on the query's device, used as is
     (the range arguments are then ignored); without it the ranges are required."""
     ranges = (shared_start, shared_end, causal_start)
@@ -169,7 +170,11 @@ def block_causal_attention_forward(
     if block_causal_backend not in BACKENDS:
         raise ValueError(f"block_causal_backend must be one of {BACKENDS}, got {block_causal_backend!r}")
     triton_wanted = block_causal_backend == "triton" or (block_causal_backend == "auto" and _use_triton(query.device))
-    if triton_wanted:
+    if block_causal_backend == "flex":
+        from .flex_attention import flex_block_causal_attention  # imports torch's flex_attention only when used
+
+        out = flex_block_causal_attention(q, k, v, layout, scaling)
+    elif triton_wanted:
         out = block_causal_attention(
             q, k, v, layout.shared_start, layout.shared_end, layout.causal_start, scaling, layout=layout
         )
