@@ -22,7 +22,9 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0"],
-        "flash": ["flash-attn"],
+        # FlashAttention 4 (CuTe DSL, pure-Python wheel; import flash_attn.cute): pre-releases only on PyPI,
+        # so the bound names one to let pip pick them; the attention benchmark's GPU peer
+        "flash": ["flash-attn-4>=4.0.0b1"],
         "eval": ["vllm"],  # optional: llmjepa-eval uses vLLM when installed (with CUDA), HF generate otherwise
         "test": ["pytest", "pytest-benchmark", "ruff", "triton>=3.0"],
     },
