@@ -113,11 +113,16 @@ def host_layout(stream: PackedStream, shape: AttentionShape | None) -> StreamWit
 
 
 def run_fast(
-    model: nn.Module, plan: ViewPlan, pad_token_id: int | None = None, attention: str | None = None
+    model: nn.Module,
+    plan: ViewPlan,
+    pad_token_id: int | None = None,
+    attention: str | None = None,
+    lm_head_method: str = "auto",
 ) -> Executed:
     """Run a plan as one packed stream (module docstring). The model's attention implementation must
     be llmjepa_kernels.hf_attention.ATTENTION_NAME. pad_token_id is unused: there is no padding.
-    attention: "triton" or "torch" to override the per-device choice (tests run the kernel on CPU)."""
+    attention: "triton", "flex" or "torch" to override the per-device choice (tests run the kernel on CPU).
+    lm_head_method: lm_head.LM_HEAD_METHODS ("auto": F.linear_cross_entropy where it applies, else chunks)."""
     _, device = model_dtype_device(model)
     backend = attention or attention_backend(device)
     stream = plan.packed if plan.packed is not None else pack_plan(plan)
@@ -137,6 +142,10 @@ def run_fast(
     hidden = out.hidden_states[-1][0]
     base = unwrap(model)
     ce_sum = lm_head_cross_entropy_sum(
-        hidden[stream.label_index], stream.label_target, base.get_output_embeddings(), head_transform(base.config)
+        hidden[stream.label_index],
+        stream.label_target,
+        base.get_output_embeddings(),
+        head_transform(base.config),
+        lm_head_method,
     )
     return Executed(ce_sum, hidden, stream.pred_index, stream.target_index)
