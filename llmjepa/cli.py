@@ -12,7 +12,7 @@ import math
 import os
 import sys
 
-from .errors import UserError
+from .errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
 
 POSITIVE_INTS = ("batch_size", "grad_accum", "num_epochs", "logging_steps", "eval_steps")
 JEPA_ONLY_FLAGS = (
@@ -282,14 +282,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)
         from .run import train
 
-        train(args)
+        train(args, argv)
     except UserError as e:
         print(f"llmjepa-train: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except TrainingStopped as e:
+        prefix = "error: " if e.exit_code == EXIT_NOT_FINITE else ""
+        print(f"llmjepa-train: {prefix}{e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before training started (during training a handler takes it)
+        print("\nllmjepa-train: interrupted before training started; nothing saved", file=sys.stderr)
+        return EXIT_SIGINT
     exit_torchrun_worker()
     return 0
 

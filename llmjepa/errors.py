@@ -1,8 +1,33 @@
 """User-facing errors: one line, no traceback, non-zero exit (see cli.main)."""
 
+EXIT_USER_ERROR = 2  # bad input or flags, found before training
+EXIT_NOT_FINITE = 3  # training stopped at a non-finite loss, JEPA term or gradient norm
+EXIT_SIGINT = 130  # 128 + SIGINT: stopped by Ctrl-C (a checkpoint saved)
+EXIT_SIGTERM = 143  # 128 + SIGTERM: stopped by kill, SLURM or Kubernetes (a checkpoint saved)
+
 
 class UserError(Exception):
     """A problem with the user's input or flags, reported as a single line."""
+
+
+class NonFiniteLoss(Exception):
+    """A training step produced a non-finite loss, JEPA term or gradient norm; raised before that step's
+    optimizer update, so the weights are still the previous step's."""
+
+    def __init__(self, step: int, values: dict[str, float], record: dict) -> None:
+        self.step = step
+        self.values = values  # the non-finite quantities, as computed
+        self.record = record  # the step's metrics record, non-finite values as None
+        found = ", ".join(f"{name} = {value}" for name, value in values.items())
+        super().__init__(f"step {step}: {found}")
+
+
+class TrainingStopped(Exception):
+    """Training ended early on purpose (non-finite values, a signal); one line, its own exit status."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def located(path: object, line: int | None, message: str) -> UserError:

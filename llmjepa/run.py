@@ -4,6 +4,9 @@ import argparse
 import json
 import math
 import os
+import shlex
+import signal
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -14,9 +17,10 @@ from transformers import TrainingArguments, set_seed
 
 from .collate import ViewCollator
 from .data import load_examples, split_examples
-from .errors import UserError
+from .errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
 from .execute import Executor, run_reference
 from .fast import check_fast_supported, run_fast
+from .interrupt import StopOnSignal
 from .model import ModelSpec, load_model, load_tokenizer
 from .plots import plot_curves
 from .trainer import JepaTrainer, LossConfig
@@ -271,16 +275,109 @@ def build_run(args: argparse.Namespace) -> Run:
     return Run(trainer, metrics_path)
 
 
-def train(args: argparse.Namespace) -> JepaTrainer:
+def train(args: argparse.Namespace, argv: list[str] | None = None) -> JepaTrainer | None:
+    """One training run from parsed flags (argv: the command line, for the resume command printed when
+    a signal stops the run). Returns the trainer, or None when the checkpoint resumed had finished."""
     resume_from = resume_point(args)  # before anything is loaded: a bad checkpoint fails in a second
+    if resume_from and finished_already(args, resume_from):
+        return None
     run = build_run(args)
     if run.trainer.is_world_process_zero():
         prepare_metrics_file(run.metrics_path, resume_from)
-    run.trainer.train(resume_from_checkpoint=resume_from)
+    stop = StopOnSignal()
+    run.trainer.add_callback(stop)
+    stop.install()
+    try:
+        run.trainer.train(resume_from_checkpoint=resume_from)
+    except NonFiniteLoss as e:
+        raise stopped_not_finite(args, run, e) from None
+    finally:
+        stop.uninstall()
+    if stop.stopped_at is not None and stop.stopped_at < run.trainer.state.max_steps:
+        raise stopped_by_signal(args, stop, argv)
     if run.trainer.is_world_process_zero():
         finish(args, run)
     wait_for_rank_zero()
     return run.trainer
+
+
+# ---- runs that end early --------------------------------------------------------------------
+def checkpoint_step(path: Path) -> int:
+    return json.loads((path / "trainer_state.json").read_text())["global_step"]
+
+
+def complete_checkpoints(output_dir: str) -> list[Path]:
+    """checkpoint-N folders with their trainer state (a save cut short has none), by step."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit()]
+    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name[11:]))
+
+
+def planned_epochs(args: argparse.Namespace) -> int:
+    if not args.same_flop:
+        return args.num_epochs
+    factor = 1 + args.jepa_ratio if args.jepa_ratio > 0 else 2 if args.additive_mask else 1 if args.regular else 3
+    return math.ceil(args.num_epochs / factor)
+
+
+def finished_already(args: argparse.Namespace, checkpoint: str) -> bool:
+    """A checkpoint at the end of the run these flags ask for: say so, and train nothing (the Trainer
+    would run one step past it)."""
+    state = json.loads(Path(checkpoint, "trainer_state.json").read_text())
+    done = state["global_step"]
+    if args.max_train_steps > 0:
+        finished, total = done >= args.max_train_steps, args.max_train_steps
+    else:
+        total = state.get("max_steps", 0)
+        finished = done >= total and state.get("num_train_epochs") == planned_epochs(args)
+    if finished and is_main_process():
+        print(
+            f"llmjepa-train: {checkpoint} is step {done} of {total}: this run has finished; nothing to train "
+            "(raise --max_train_steps or --num_epochs to train further)"
+        )
+    return finished
+
+
+def resume_command(args: argparse.Namespace, argv: list[str] | None, checkpoint: Path) -> str:
+    """The command line that continues from `checkpoint`: argv without its --resume_from_checkpoint,
+    with --output_dir spelled out (by default a new run gets a new folder)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--resume_from_checkpoint", "--output_dir"):
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return shlex.join(
+        ["llmjepa-train", *kept, "--output_dir", args.output_dir, "--resume_from_checkpoint", str(checkpoint)]
+    )
+
+
+def stopped_by_signal(args: argparse.Namespace, stop: StopOnSignal, argv: list[str] | None) -> TrainingStopped:
+    name = signal.Signals(stop.signum).name
+    checkpoint = Path(args.output_dir) / f"checkpoint-{stop.stopped_at}"
+    return TrainingStopped(
+        f"stopped by {name} after step {stop.stopped_at}, saved {checkpoint}; resume with: "
+        + resume_command(args, argv, checkpoint),
+        128 + stop.signum,
+    )
+
+
+def stopped_not_finite(args: argparse.Namespace, run: Run, e: NonFiniteLoss) -> TrainingStopped:
+    """The step's record goes to metrics.jsonl (null where non-finite); the message names the last good
+    checkpoint. The weights were never updated from the non-finite values, and no final model is written."""
+    if run.trainer.is_world_process_zero():
+        with run.metrics_path.open("a") as f:
+            f.write(json.dumps(e.record, allow_nan=False) + "\n")
+    good = [p for p in complete_checkpoints(args.output_dir) if checkpoint_step(p) < e.step]
+    kept = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was saved before it"
+    return TrainingStopped(
+        f"{e}: training stopped before this step's update, no final model written; {kept}", EXIT_NOT_FINITE
+    )
 
 
 def wait_for_rank_zero() -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmjepa.cli import main
 
@@ -329,3 +330,69 @@ def test_model_name_missing_local_dir(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_model_name_dir_without_a_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc, _, err = run_cli(capsys, "--model_name", tmp_path, "--output_dir", tmp_path / "out", *TRAIN)
     assert_one_line_error(rc, err, f"--model_name {tmp_path}: cannot load")
+
+
+# ---- non-finite training stops ---------------------------------------------------------------
+def poison_from_microbatch(monkeypatch: pytest.MonkeyPatch, first: int, quantity: str) -> None:
+    """Make the executor's output non-finite from the `first`-th microbatch on (1-based)."""
+    import llmjepa.run
+
+    build = llmjepa.run.executor_for
+
+    def poisoned_executor_for(args: object, pad_token_id: int) -> object:
+        executor, calls = build(args, pad_token_id), [0]
+
+        def run(model: object, plan: object) -> object:
+            calls[0] += 1
+            out = executor(model, plan)
+            if calls[0] >= first:
+                if quantity == "ce_sum":
+                    out.ce_sum = out.ce_sum * float("nan")
+                else:  # an inf hidden state: a non-finite JEPA term
+                    out.hidden = out.hidden * float("inf")
+            return out
+
+        return run
+
+    monkeypatch.setattr(llmjepa.run, "executor_for", poisoned_executor_for)
+
+
+@pytest.mark.parametrize("quantity", ["ce_sum", "hidden"])
+def test_non_finite_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, quantity: str
+) -> None:
+    poison_from_microbatch(monkeypatch, 5, quantity)
+    data = write_jsonl(tmp_path / "data.jsonl", [GOOD] * 8)
+    out = tmp_path / "out"
+    flags = ["--batch_size", "2", "--grad_accum", "1", "--max_train_steps", "8", "--save_steps", "2"]
+    flags += ["--predictors", "1"]
+    rc, _, err = run_cli(capsys, "--train_file", data, "--output_dir", out, *flags)
+    assert rc == 3, err
+    [line] = [x for x in err.strip().splitlines() if x.startswith("llmjepa-train")]
+    bad = "loss = nan, lm_loss = nan" if quantity == "ce_sum" else "loss = nan, jepa_loss = nan"
+    assert line.startswith(f"llmjepa-train: error: step 5: {bad}"), line
+    assert line.endswith(
+        "training stopped before this step's update, no final model written; "
+        f"last good checkpoint: {out / 'checkpoint-4'}"
+    ), line
+    assert "Traceback" not in err
+    assert not (out / "model.safetensors").exists() and not (out / "checkpoint-6").exists()
+    # strict JSON: no NaN or Infinity tokens, null for the non-finite values
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) for x in lines]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[-1]["loss"] is None and all(math.isfinite(r["loss"]) for r in records[:-1])
+    # the checkpoint holds finite weights, and resuming from it with the bug gone trains on
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "checkpoint-4" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_non_finite_at_the_first_step_says_no_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poison_from_microbatch(monkeypatch, 1, "ce_sum")
+    rc, _, err = run_cli(capsys, "--output_dir", tmp_path / "out", *TRAIN)
+    assert rc == 3 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].endswith("no final model written; no checkpoint was saved before it")
