@@ -308,3 +308,21 @@ def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     width = max(int(count.max()), 1) if count.numel() else 1
     return count.contiguous(), order[:, :width].to(torch.int32).contiguous()
+
+
+# ---- pair counts (benchmarks: computed / visible) ------------------------------------------------------
+def visible_pairs(layout: BlockCausalLayout) -> int:
+    """(query, key) pairs the ranges make visible, per head: what any attention must compute."""
+    a, b, s = (x.long() for x in (layout.shared_start, layout.shared_end, layout.causal_start))
+    i = torch.arange(layout.num_tokens, device=a.device)
+    shared = (b - a + 1).clamp_min(0)
+    causal = (i - s + 1).clamp_min(0)
+    both = (torch.minimum(b, i) - torch.maximum(a, s) + 1).clamp_min(0)  # keys in both ranges count once
+    return int((shared + causal - both).sum())
+
+
+def tile_pairs(layout: BlockCausalLayout, block_m: int, block_n: int) -> int:
+    """Pairs the Triton kernels compute per head at this tile shape: every pair of every touched tile
+    (touched tiles x block_m x block_n; the ragged last blocks count whole, as the kernels compute them)."""
+    touched, _ = _tile_masks(layout.shared_start, layout.shared_end, layout.causal_start, block_m, block_n)
+    return int(touched.sum()) * block_m * block_n
