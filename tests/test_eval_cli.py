@@ -204,3 +204,20 @@ def test_hellaswag_chooses_a_letter_without_generating(tmp_path: Path) -> None:
     recs = records(tmp_path / "h")
     assert all(r["prediction"] in "ABCD" and len(r["prediction"]) == 1 for r in recs)
     assert summary["correct"] == sum(r["prediction"] == r["reference"] for r in recs)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets (the upstream test files) is not present")
+@pytest.mark.parametrize("name", ["gsm8k_test.jsonl", "nq_open_test.jsonl", "synth_test.jsonl"])
+def test_real_test_files_score_their_own_references_as_correct(tmp_path: Path, name: str) -> None:
+    """On the upstream data: the reference as the prediction is always right, an empty one always wrong."""
+    rows = [json.loads(line) for line in (SHARED / name).read_text().splitlines()]
+    for predictions, accuracy in (([r["messages"][-1]["content"] for r in rows], 1.0), ([""] * len(rows), 0.0)):
+        preds = write_jsonl(tmp_path / "p.jsonl", [{"prediction": p} for p in predictions])
+        argv = ["--input_file", str(SHARED / name), "--predictions_file", str(preds), "--output_dir", str(tmp_path)]
+        assert evaluate.main(argv) == 0
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["scorer"] == name.split("_test")[0] and summary["n"] == len(rows)
+        assert summary["accuracy"] == accuracy
