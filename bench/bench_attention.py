@@ -573,6 +573,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.dry_run:
         args.device = torch.device("cpu")
+        torch.set_num_threads(1)  # 2 shared cores: threads waiting on each other only add noise
     elif not torch.cuda.is_available():
         raise SystemExit("bench_attention.py needs a CUDA GPU (or --dry-run); torch.cuda.is_available() is False")
     elif os.environ.get("TRITON_INTERPRET") == "1":
