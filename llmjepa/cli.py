@@ -10,6 +10,7 @@ one line and exits 2.
 import argparse
 import math
 import os
+import re
 import sys
 
 from .errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
@@ -88,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--omit_last_step_target", dest="include_last_step_target", action="store_false")
     p.set_defaults(localized_masks=True, include_last_step_target=True)
     ours = p.add_argument_group("llmjepa")
-    ours.add_argument("--step_separator", default="\n\n", help="text that ends a reasoning step")
+    ours.add_argument(
+        "--step_separator", default="\n\n", help="text that ends a reasoning step (backslash escapes: '\\n')"
+    )
     ours.add_argument(
         "--upstream_labels",
         action="store_true",
@@ -170,6 +173,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--isolated_predictors needs --num_prediction_steps >= 1 (docs/views.md says why)")
     elif not args.localized_masks or not args.include_last_step_target:
         raise UserError("--no_localized_masks and --omit_last_step_target need --num_prediction_steps >= 1")
+    args.step_separator = unescape(args.step_separator)
     if not args.step_separator:
         raise UserError("--step_separator must not be empty")
     check_paths(args)
@@ -229,11 +233,53 @@ def check_paths(args: argparse.Namespace) -> None:
             raise UserError(f"--resume_from_checkpoint {resume}: not a checkpoint directory (no trainer_state.json)")
     if resume == "latest" and args.output_dir is None:
         raise UserError("--resume_from_checkpoint latest needs --output_dir (by default every run gets a new folder)")
-    # a local path (a Hub id "org/name" never starts with "." or "~"), not a directory: say so, rather
-    # than let the Hub client report an invalid repo id or try the network
-    path_like = os.path.isabs(args.model_name) or args.model_name.startswith((".", "~"))
-    if path_like and not os.path.isdir(args.model_name):
-        raise UserError(f"--model_name {args.model_name}: no such local directory")
+    check_model_name(args.model_name)
+
+
+def check_model_name(name: str) -> None:
+    """A local folder, the embedded default, a model in the Hugging Face cache, or a Hub id the Hub can
+    be reached for. Otherwise fail now, in a second, rather than after the Hub client's retries."""
+    from .default_model import DEFAULT_MODEL_NAME
+
+    if name == DEFAULT_MODEL_NAME or os.path.isdir(name):
+        return
+    # a local path (a Hub id "org/name" never starts with "." or "~"): say so, rather than let the Hub
+    # client report an invalid repo id or try the network
+    if os.path.isabs(name) or name.startswith((".", "~")):
+        raise UserError(f"--model_name {name}: no such local directory")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # HFValidationError: not of the form "org/name"
+        raise UserError(f"--model_name {name}: no such local directory, and not a Hub model id") from None
+    if isinstance(cached, str):
+        return
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if offline:
+        raise UserError(f"--model_name {name}: no such local directory, and not in the Hugging Face cache (offline)")
+    host = hub_unreachable(constants.ENDPOINT)
+    if host:
+        raise UserError(
+            f"--model_name {name}: no such local directory, not in the Hugging Face cache, and {host} is unreachable"
+        )
+
+
+def hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """The Hub's host if a TCP connection to it fails within `timeout` seconds, else None (also None behind
+    a proxy, which the Hub client uses and a plain socket would not)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return host
+    return None
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -266,6 +312,11 @@ def attention_backend_choice(args: argparse.Namespace) -> str | None:
     if chosen == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise UserError("--attention_backend triton needs CUDA (or the Triton interpreter: TRITON_INTERPRET=1)")
     return chosen
+
+
+def unescape(text: str) -> str:
+    """--step_separator '\\n' means a newline: shells pass backslash escapes through as two characters."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
 def fast_path_available() -> bool:

@@ -39,11 +39,14 @@ def sample_data_path(split: str = "train") -> Path:
 
 
 def build_default_tokenizer() -> PreTrainedTokenizerFast:
-    """The default fast tokenizer, with its chat template; it has no pad token, like Llama 3."""
+    """The default fast tokenizer, with its chat template. Llama 3 has no pad token; this one pads with
+    its end-of-turn token, as upstream does for Llama 3, so that it works as it comes."""
     config = json.loads(data_path("tokenizer_config.json").read_text(encoding="utf-8"))
     config.pop("tokenizer_class")
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(data_path("tokenizer.json")), **config)
     tokenizer.name_or_path = DEFAULT_MODEL_NAME
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 

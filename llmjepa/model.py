@@ -43,7 +43,17 @@ def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
         tokenizer.pad_token = tokenizer.eos_token  # upstream: pad = eos when there is none
     if getattr(tokenizer, "chat_template", None) is None:
         raise UserError(f"--model_name {model_name}: the tokenizer has no chat template")
+    quiet_length_warning(tokenizer)
     return tokenizer
+
+
+def quiet_length_warning(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Silence transformers' "sequence length is longer than the specified maximum ... will result in
+    indexing errors": llmjepa truncates at --max_length itself and counts the truncations in its own
+    warning. (The tokenizer marks that warning as given; we mark it before it is.)"""
+    warned = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(warned, dict):
+        warned["sequence-length-is-longer-than-the-specified-maximum"] = True
 
 
 def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:

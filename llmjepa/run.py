@@ -19,7 +19,7 @@ from .collate import ViewCollator
 from .data import load_examples, split_examples
 from .errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
 from .execute import Executor, run_reference
-from .fast import check_fast_supported, run_fast
+from .fast import check_fast_supported, run_fast, triton_attention_shape
 from .interrupt import StopOnSignal
 from .model import ModelSpec, load_model, load_tokenizer
 from .plots import plot_curves
@@ -100,9 +100,29 @@ def is_main_process() -> bool:
 
 def encode_split(examples: list, tokenizer, cfg: ViewConfig, source: str) -> list[Encoded]:
     encoded, report = encode_all(examples, tokenizer, cfg)
+    hint = separator_hint(examples, encoded, cfg.step_separator)
     for line in report.lines(source, cfg.max_length, cfg.num_prediction_steps) if is_main_process() else []:
-        print(f"llmjepa-train: warning: {line}")
+        print(f"llmjepa-train: warning: {line}" + (f"; {hint}" if hint and "no step separator" in line else ""))
     return encoded
+
+
+SEPARATOR_CANDIDATES = ("\n\n", "\n", ". ", "; ")  # what ends a reasoning step in common data (gsm8k: "\n")
+
+
+def separator_hint(examples: list, encoded: list[Encoded], separator: str) -> str | None:
+    """For the step-separator fallback warning: which candidate separators the fallen-back answers do
+    contain, and the flag that would use one."""
+    answers = [ex.assistant.strip() for ex, enc in zip(examples, encoded) if getattr(enc, "fallback", False)]
+    if not answers:
+        return None
+    counts = [(sep, sum(sep in a for a in answers)) for sep in SEPARATOR_CANDIDATES if sep != separator]
+    found = [(sep, n) for sep, n in counts if n]
+    shown = lambda sep: sep.replace("\n", "\\n")  # noqa: E731
+    if not found:
+        tried = ", ".join(f"'{shown(sep)}'" for sep, _ in counts)
+        return f"they contain none of {tried} either: set --step_separator"
+    listed = ", ".join(f"'{shown(sep)}' ({n} of {len(answers)})" for sep, n in found)
+    return f"they contain {listed}: try --step_separator '{shown(found[0][0])}'"
 
 
 def resolve_device_defaults(args: argparse.Namespace) -> tuple[str, bool]:
@@ -261,7 +281,14 @@ def build_run(args: argparse.Namespace) -> Run:
         args=training_arguments(args, len(train_set), eval_set is not None, checkpointing),
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=ViewCollator(cfg, predictor_ids, args.jepa_ratio, args.finetune_seed, pack=args.impl == "fast"),
+        data_collator=ViewCollator(
+            cfg,
+            predictor_ids,
+            args.jepa_ratio,
+            args.finetune_seed,
+            pack=args.impl == "fast",
+            attention=triton_attention_shape(model) if args.impl == "fast" else None,  # tile lists to build
+        ),
         processing_class=tokenizer,
         executor=executor_for(args, tokenizer.pad_token_id),
         loss_config=loss_config(args),

@@ -44,11 +44,13 @@ class LossConfig:
 
 @dataclass
 class StepStats:
-    """Sums over the microbatches of one optimizer step (this rank)."""
+    """Sums over the microbatches of one optimizer step (this rank).
 
-    ce_sum: float = 0.0
-    jepa_sum: float = 0.0
-    cos_sum: float = 0.0
+    The loss sums stay on the device (`device_sums`: ce, jepa, cos), added to without reading them, so a
+    microbatch costs no host-device sync; finish_step reads them once per optimizer step. The counts
+    come from the plans and are host ints."""
+
+    device_sums: torch.Tensor | None = None  # (3,): ce_sum, jepa_sum, cos_sum
     label_tokens: int = 0
     pairs: int = 0
     tokens: int = 0
@@ -57,16 +59,24 @@ class StepStats:
     microbatches: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, plan: ViewPlan, ce_sum: float, jepa_sum: float, cos_sum: float, tokens_run: int) -> None:
-        self.ce_sum += ce_sum
-        self.jepa_sum += jepa_sum
-        self.cos_sum += cos_sum
+    def add(
+        self, plan: ViewPlan, ce_sum: torch.Tensor, jepa_sum: torch.Tensor, cos_sum: torch.Tensor, tokens_run: int
+    ) -> None:
+        sums = torch.stack([x.detach().reshape(()) for x in (ce_sum, jepa_sum, cos_sum)])
+        sums = sums.to(sum_dtype(sums.device))
+        self.device_sums = sums if self.device_sums is None else self.device_sums + sums
         self.label_tokens += plan.label_tokens
         self.pairs += plan.n_pairs
         self.tokens += plan.n_tokens
         self.tokens_run += tokens_run
         self.rows += len(plan.rows)
         self.microbatches += 1
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the step's loss sums, as the Python floats they replace; float32 where a device has
+    no float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def world_size() -> int:
@@ -130,7 +140,7 @@ class JepaTrainer(Trainer):
         tokens, pairs = all_reduce_sums([float(tokens), float(pairs)], device)
         self.step_totals = (int(tokens), int(pairs))
         self.stats = StepStats()  # the step's clock starts before its data is collated
-        return batches, torch.tensor(tokens, device=device)
+        return batches, int(tokens)  # a host int: a tensor made on the device here would be a blocking upload
 
     def plan_losses(self, model: torch.nn.Module, plan: ViewPlan, label_tokens: int, pairs: int) -> tuple:
         """(loss, ce_sum, jepa_sum, per-pair cosines or None, tokens run) of one plan, normalized by the
@@ -151,7 +161,10 @@ class JepaTrainer(Trainer):
         if self.loss_config.fused_pair_loss and kind in FUSED_KINDS:
             from llmjepa_kernels import cosine_jepa_loss
 
-            return cosine_jepa_loss(out.hidden, out.pred_index, out.target_index, reduction="sum", kind=kind)
+            # The plan's pair indices are in range by construction: skip the kernel's check (a host sync).
+            return cosine_jepa_loss(
+                out.hidden, out.pred_index, out.target_index, reduction="sum", kind=kind, check_indices=False
+            )
         terms, cos = jepa_pair_losses(out.hidden[out.pred_index], out.hidden[out.target_index], kind)
         return terms.sum(), cos
 
@@ -165,7 +178,7 @@ class JepaTrainer(Trainer):
         label_tokens, pairs = self.step_totals
         loss, ce_sum, jepa_sum, cos, tokens_run = self.plan_losses(model, plan, label_tokens, pairs)
         cos_sum = cos.sum() if cos is not None else ce_sum.new_zeros(())
-        self.stats.add(plan, ce_sum.item(), jepa_sum.item(), cos_sum.item(), tokens_run)
+        self.stats.add(plan, ce_sum, jepa_sum, cos_sum, tokens_run)  # on the device: no sync here
         self.maybe_print_debug(plan, ce_sum, loss, cos)
         # DDP averages gradients over ranks; our loss is this rank's share of the global sum.
         loss = loss * world_size()
@@ -191,17 +204,13 @@ class JepaTrainer(Trainer):
     def finish_step(self, grad_norm: Any) -> None:
         """Reduce this step's sums over ranks and append its record (called before optimizer.step)."""
         s = self.stats
-        sums = [s.ce_sum, s.jepa_sum, s.cos_sum, s.tokens, s.tokens_run, s.rows, s.microbatches]
-        ce, jepa, cos, tokens, tokens_run, rows, microbatches = all_reduce_sums(
-            [float(x) for x in sums], self.args.device
-        )
+        ce, jepa, cos, tokens, tokens_run, rows, microbatches, grad_norm = self.read_step_sums(grad_norm)
         label_tokens, pairs = self.step_totals
         cfg = self.loss_config
         lm_loss = ce / max(label_tokens, 1)
         jepa_loss = jepa / pairs if pairs else 0.0
         loss = lm_loss if cfg.regular else cfg.gamma * lm_loss + cfg.lbd * jepa_loss
         seconds = time.perf_counter() - s.started
-        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         self.history.append(
             {
                 "step": self.state.global_step + 1,
@@ -238,6 +247,25 @@ class JepaTrainer(Trainer):
                 record[key] = None
         if bad:
             raise NonFiniteLoss(record["step"], bad, record)
+
+    def read_step_sums(self, grad_norm: Any) -> list[float]:
+        """ce, jepa, cos, tokens, tokens_run, rows, microbatches (summed over ranks) and grad_norm, the
+        device's numbers read in one copy: the step's one host-device sync of ours."""
+        s = self.stats
+        counts = [s.tokens, s.tokens_run, s.rows, s.microbatches]
+        sums = s.device_sums
+        if sums is None:  # no microbatch ran
+            sums = torch.zeros(3, dtype=sum_dtype(self.args.device), device=self.args.device)
+        if world_size() > 1:
+            sums = torch.cat([sums, torch.tensor(counts, dtype=sums.dtype, device=sums.device)])
+            dist.all_reduce(sums)
+        norm = grad_norm.detach().reshape(1).to(sums) if isinstance(grad_norm, torch.Tensor) else None
+        read = (torch.cat([sums, norm]) if norm is not None else sums).tolist()
+        if world_size() == 1:
+            read[3:3] = counts
+        if norm is None:
+            read.append(float(grad_norm) if grad_norm is not None else float("nan"))
+        return read
 
     def maybe_print_debug(self, plan: ViewPlan, ce_sum: torch.Tensor, loss: torch.Tensor, cos: Any) -> None:
         self.microbatches_seen += 1

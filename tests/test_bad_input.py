@@ -190,7 +190,7 @@ def test_missing_steps_fall_back_and_are_counted(tmp_path: Path, capsys: pytest.
     assert warnings == [
         f"llmjepa-train: warning: {data}: 3 of 12 examples have fewer than 2 step separators and give fewer pairs",
         f"llmjepa-train: warning: {data}: 5 of 12 examples have no step separator; "
-        "fallback: one pair, the answer cut at its middle",
+        "fallback: one pair, the answer cut at its middle; they contain '. ' (5 of 5): try --step_separator '. '",
     ]
     [record] = read_metrics(out)
     assert record["pairs"] == 4 * 2 + 3 * 1 + 5 * 1 and math.isfinite(record["loss"])
@@ -396,3 +396,70 @@ def test_non_finite_at_the_first_step_says_no_checkpoint(
     rc, _, err = run_cli(capsys, "--output_dir", tmp_path / "out", *TRAIN)
     assert rc == 3 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].endswith("no final model written; no checkpoint was saved before it")
+
+
+# ---- messages ---------------------------------------------------------------------------------
+def test_separator_warning_names_the_separators_found_and_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """gsm8k ends its steps with a single newline: the fallback warning says so, and `--step_separator '\\n'`
+    (a backslash escape, as a shell passes it) then finds every step."""
+
+    def answer(text: str) -> str:
+        return conversation(USER, {"role": "assistant", "content": text})
+
+    data = write_jsonl(tmp_path / "gsm8k_like.jsonl", [answer("1 + 1 = 2.\nSo 2 + 1 = 3.\n#### 3")] * 4)
+    flags = ["--train_file", data, "--num_prediction_steps", "2", "--predictors", "1", *TRAIN]
+    rc, stdout, err = run_cli(capsys, *flags, "--output_dir", tmp_path / "a")
+    assert rc == 0, err
+    assert (
+        f"llmjepa-train: warning: {data}: 4 of 4 examples have no step separator; fallback: one pair, the answer "
+        "cut at its middle; they contain '\\n' (4 of 4): try --step_separator '\\n'"
+    ) in stdout.splitlines(), stdout
+    rc, stdout, err = run_cli(capsys, *flags, "--output_dir", tmp_path / "b", "--step_separator", "\\n")
+    assert rc == 0, err
+    assert "llmjepa-train: warning" not in stdout
+    assert {r["pairs"] for r in read_metrics(tmp_path / "b")} == {2 * 2}
+
+
+def test_truncation_warning_is_ours_alone(tmp_path: Path) -> None:
+    """transformers' "will result in indexing errors" would contradict our truncation: not printed."""
+    long_user = {"role": "user", "content": "What is " + " + ".join(["1"] * 3000) + "?"}
+    data = write_jsonl(tmp_path / "long.jsonl", [GOOD] * 3 + [conversation(long_user, ANSWER)])
+    cmd = [sys.executable, "train.py", "--train_file", str(data), "--max_length", "8192", "--regular"]
+    cmd += ["--output_dir", str(tmp_path / "out"), *TRAIN]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "indexing errors" not in result.stderr + result.stdout
+    assert "sequence length is longer" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable"])
+def test_missing_model_fails_in_seconds_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, nothing_loaded: None, how: str
+) -> None:
+    """A relative folder that does not exist, read as a Hub id: no retries against an unreachable Hub."""
+    import time
+
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        expected = "--model_name models/llama: no such local directory, and not in the Hugging Face cache (offline)"
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+        for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(proxy, raising=False)
+        expected = (
+            "--model_name models/llama: no such local directory, not in the Hugging Face cache, "
+            "and 127.0.0.1 is unreachable"
+        )
+    started = time.monotonic()
+    rc, _, err = run_cli(capsys, "--model_name", "models/llama", "--output_dir", tmp_path / "out")
+    assert time.monotonic() - started < 10
+    assert assert_one_line_error(rc, err) == f"llmjepa-train: error: {expected}"

@@ -124,7 +124,7 @@ def test_special_tokens_are_single_ids() -> None:
         assert ids_of(token) == [k]
         assert ids_of(f"a{token}b") == [ids_of("a")[0], k, ids_of("b")[0]]
     assert (tok.bos_token_id, tok.eos_token_id) == (BOS_TOKEN_ID, EOS_TOKEN_ID)
-    assert tok.pad_token is None  # the trainer sets pad = eos, as upstream does
+    assert tok.pad_token_id == EOS_TOKEN_ID  # pad = eos, as upstream sets it for Llama 3
     assert tok("x")["input_ids"][0] == BOS_TOKEN_ID  # like Llama 3: plain encoding starts with bos
 
 
