@@ -24,6 +24,7 @@ class Executed:
     hidden: torch.Tensor  # (tokens, D) final hidden states (after the final norm), flattened
     pred_index: torch.Tensor  # (pairs,) rows of `hidden` holding predictor embeddings
     target_index: torch.Tensor  # (pairs,) rows of `hidden` holding target embeddings
+    hidden_states: tuple | None = None  # the model's hidden_states, every layer (STP's --jepa_layer reads one)
 
 
 Executor = Callable[[nn.Module, ViewPlan], Executed]
@@ -54,13 +55,18 @@ def padded_inputs(plan: ViewPlan, pad_token_id: int, dtype: torch.dtype, device:
         return out.index_copy_(0, at, values).view(n_rows, length)
 
     i = torch.arange(length, device=device)
-    # pad queries see themselves (causal range [i, i]); the rows' ranges lie inside the rows (row_arrays
-    # checks), so no real query sees a pad key
-    s = padded(causal_start, i.repeat(n_rows))[:, :, None]
-    a = padded(shared_start, NO_SHARED[0])[:, :, None]
-    b = padded(shared_end, NO_SHARED[1])[:, :, None]
     j = i[None, None, :]
-    visible = ((j >= s) & (j <= i[None, :, None])) | ((j >= a) & (j <= b))
+    # pad queries see themselves (causal range [i, i]); the rows' ranges lie inside the rows (row_arrays
+    # checks), so no real query sees a pad key. In place, and the shared ranges only for rows that have
+    # one: the (rows, L, L) passes are the cost.
+    visible = j >= padded(causal_start, i.repeat(n_rows))[:, :, None]
+    visible &= j <= i[:, None]
+    shared_rows = np.flatnonzero(arrays.any_per_row(arrays.has_shared))
+    if len(shared_rows):
+        rows = torch.from_numpy(shared_rows).to(device)
+        a = padded(shared_start, NO_SHARED[0])[rows, :, None]
+        b = padded(shared_end, NO_SHARED[1])[rows, :, None]
+        visible[rows] |= (j >= a) & (j <= b)
     zero = torch.zeros((), dtype=dtype, device=device)
     return {
         "input_ids": padded(ids, pad_token_id),
@@ -93,4 +99,4 @@ def run_reference(model: nn.Module, plan: ViewPlan, pad_token_id: int) -> Execut
     ce_sum = token_cross_entropy_sum(out.logits[:, :-1][keep], shift_labels[keep])
     hidden = out.hidden_states[-1]
     pred_index, target_index = pair_indices(plan, hidden.shape[1], device)
-    return Executed(ce_sum, hidden.reshape(-1, hidden.shape[-1]), pred_index, target_index)
+    return Executed(ce_sum, hidden.reshape(-1, hidden.shape[-1]), pred_index, target_index, out.hidden_states)
