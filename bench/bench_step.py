@@ -15,9 +15,10 @@ Methods, all on the same microbatches from the same initial weights:
   (e) fast_isolated     --isolated_predictors --no_localized_masks through run_fast (a variant, not
                         upstream's semantics: predictors are side branches of view 1, targets read from view 1).
   and, where they exist, fast_jepa with each other attention backend (attn=triton|flex|torch) and each
-  other LM-head way (lm_head=linear_ce|chunks|logits). A method whose dependency is missing is recorded
-  as skipped with the reason; one that raises (Triton compile or resource errors included) or runs out
-  of memory is recorded as failed; the others still run.
+  other LM-head way (lm_head=chunks|logits; (d) runs the default, F.linear_cross_entropy where torch has
+  it). A method whose dependency is missing is recorded as skipped with the reason; one that raises
+  (Triton compile or resource errors included) or runs out of memory is recorded as failed; the others
+  still run.
 
 How it measures (the defects of the first version fixed, issue 7):
 - Plans are built and packed by the trainer's collator (llmjepa.collate.ViewCollator) before timing, as
@@ -121,7 +122,9 @@ CORE = (
     ),
 )
 ATTENTION_BACKENDS = ("triton", "flex", "torch")
-LM_HEAD_WAYS = ("linear_ce", "chunks", "logits")
+# (d) runs the LM head the fast path's default way ("auto": F.linear_cross_entropy where it applies, else
+# checkpointed chunks); the variants run the others.
+LM_HEAD_WAYS = ("chunks", "logits")
 SAME_LOSS = (("upstream_regular", "packed_regular"), ("upstream_jepa", "fast_jepa"))
 
 
@@ -155,6 +158,8 @@ def unavailable(method: Method, device: torch.device) -> str | None:
             return f"hf_attention has no {method.attention!r} backend (it has {', '.join(backends)})"
         if method.attention == "triton" and device.type != "cuda":
             return "Triton needs CUDA (the CPU interpreter is for tests, not timing)"
+        if method.attention == "flex" and device.type != "cuda":
+            return "FlexAttention has no backward on the CPU (torch raises NotImplementedError)"
     if method.lm_head is not None:
         keyword = lm_head_keyword()
         if keyword is None:
@@ -339,10 +344,18 @@ def pad_rows(plan: ViewPlan, length: int, pad_token_id: int) -> ViewPlan:
     return ViewPlan(rows=rows, pairs=list(plan.pairs), n_examples=plan.n_examples)
 
 
-def method_plans(method: Method, batches: list[list[Encoded]], cfg: ViewConfig, predictor_ids: list[int]) -> list:
-    """The collator's plans for this method (packed by the collator for run_fast, as in training)."""
+def method_plans(
+    method: Method, batches: list[list[Encoded]], cfg: ViewConfig, predictor_ids: list[int], model: torch.nn.Module
+) -> list:
+    """The collator's plans for this method: packed by the collator for run_fast, with the attention layout
+    (and on CUDA the Triton tile lists) built there, as llmjepa-train's collator does."""
     view_cfg = replace(cfg, regular=not method.jepa, **method.view_changes)
-    collate = ViewCollator(view_cfg, predictor_ids, pack=method.packed)
+    options = {}
+    if method.packed and "attention" in inspect.signature(ViewCollator).parameters:
+        from llmjepa.fast import triton_attention_shape
+
+        options["attention"] = triton_attention_shape(model)
+    collate = ViewCollator(view_cfg, predictor_ids, pack=method.packed, **options)
     return [collate(batch)["plan"] for batch in batches]
 
 
@@ -629,7 +642,7 @@ def setup_bench(args: argparse.Namespace) -> dict:
         runner = Runner(method, [], executor(method, tokenizer.pad_token_id), method.packed and method.jepa)
         runner.fused = runner.fused and device.type == "cuda"
         try:
-            runner.floor_plans = method_plans(method, batches, cfg, predictor_ids)
+            runner.floor_plans = method_plans(method, batches, cfg, predictor_ids, model)
             runner.plans = runner.floor_plans
             if method.pad_to_max_length:
                 runner.plans = [pad_rows(plan, cfg.max_length, tokenizer.pad_token_id) for plan in runner.plans]
@@ -764,6 +777,7 @@ def build_report(args: argparse.Namespace, setup: dict, memory: dict) -> dict:
             "gradient_checkpointing": setup["checkpointing"],
             **setup["data_stats"],
         },
+        "lm_head_default": "linear_ce" if hasattr(torch.nn.functional, "linear_cross_entropy") else "chunks",
         "flop_model": {
             "head_to_layers_ratio": shape.head_to_layers_ratio,
             "llama_1b_head_to_layers_ratio": floor.LLAMA_1B.head_to_layers_ratio,
@@ -796,7 +810,8 @@ def markdown(report: dict) -> str:
         f"{report['flop_model']['head_to_layers_ratio']:.3f} (Llama-3.2-1B "
         f"{report['flop_model']['llama_1b_head_to_layers_ratio']:.3f}). Data {report['data']}: batch "
         f"{s['batch_size']}, max_length {s['max_length']}, mean view-1 length {s['mean_view1_length']:.1f}, "
-        f"N={s['num_prediction_steps']}, K={s['predictors']}, gradient checkpointing {s['gradient_checkpointing']}. "
+        f"N={s['num_prediction_steps']}, K={s['predictors']}, gradient checkpointing {s['gradient_checkpointing']}, "
+        f"LM head of (b)-(e): {report['lm_head_default']}. "
         f"Time: median over {report['rounds']} interleaved rounds of {report['microbatches']} microbatches, "
         f"{report['warmup_steps_per_method']} warm-up steps per method. Memory: {report['memory_method']}.",
         "",

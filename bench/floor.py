@@ -168,7 +168,7 @@ def torch_form_pairs(ranges: Ranges, query_block: int | None = None) -> int:
     Uses that module's own count where it has one; else the form as of this writing: query blocks of
     TORCH_QUERY_BLOCK, each against the key window from the lowest start of its ranges to its last query
     (or highest shared end)."""
-    counted = _torch_attention_count(ranges)
+    counted = _torch_attention_count(ranges, query_block)
     if counted is not None:
         return counted
     block = query_block or _torch_query_block()
@@ -192,7 +192,7 @@ def _torch_query_block() -> int:
     return getattr(torch_attention, "TORCH_QUERY_BLOCK", TORCH_QUERY_BLOCK)
 
 
-def _torch_attention_count(ranges: Ranges) -> int | None:
+def _torch_attention_count(ranges: Ranges, query_block: int | None) -> int | None:
     """The kernels helper's counting function, when kernels/torch_attention.py has one."""
     try:
         from llmjepa_kernels import torch_attention
@@ -203,7 +203,7 @@ def _torch_attention_count(ranges: Ranges) -> int | None:
         return None
     from llmjepa_kernels.block_layout import BlockCausalLayout
 
-    return int(count(BlockCausalLayout(*(x.to(torch.int32) for x in ranges))))
+    return int(count(BlockCausalLayout(*(x.to(torch.int32) for x in ranges)), query_block))
 
 
 # ---- plans -------------------------------------------------------------------------------------
