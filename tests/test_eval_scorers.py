@@ -213,3 +213,16 @@ def test_spider_missing_database_or_bad_reference_is_an_error(spider_root: Path)
         is_correct(cfg, "SELECT 1", spider_messages("SELECT nope FROM pet"))
     with pytest.raises(ValueError, match="db_id"):
         is_correct(cfg, "SELECT 1", messages("no id here", "SELECT 1"))
+
+
+SPIDER_TEST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "spider_test.jsonl"
+
+
+@pytest.mark.skipif(not SPIDER_TEST.is_file(), reason="../shared/datasets/spider_test.jsonl is not present")
+def test_every_upstream_spider_example_names_its_database() -> None:
+    import json
+
+    from llmjepa.scorers import spider_db_id
+
+    ids = [spider_db_id(json.loads(line)["messages"][1]["content"]) for line in SPIDER_TEST.read_text().splitlines()]
+    assert len(ids) == 1447 and all(ids) and all("]" not in i for i in ids)

@@ -1,6 +1,8 @@
 """llmjepa-sweep on the embedded default, CI-sized: 2 settings x 1 seed, 2 steps, 2 eval examples."""
 
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,13 @@ def test_default_config_names_existing_files() -> None:
     config = sweep.default_config()
     sweep.check_config(config, "default")
     assert Path(sweep.flag_value(config["eval_args"], "--input_file")).is_file()
+
+
+def test_launcher_runs_the_tools_as_child_processes(tmp_path: Path) -> None:
+    """--launcher "python": each tool runs as `python <console script> ...`, as under torchrun."""
+    out = tmp_path / "out"
+    argv = ["--config", str(tiny_config(tmp_path)), "--output_dir", str(out), "--settings", "regular"]
+    assert sweep.main([*argv, "--launcher", shlex.quote(sys.executable)]) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    assert [r["setting"] for r in result["runs"]] == ["regular"] and result["runs"][0]["n"] == 2
+    assert (out / "regular" / "seed5" / "model" / "config.json").is_file()
