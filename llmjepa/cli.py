@@ -12,6 +12,7 @@ import math
 import os
 import re
 import sys
+import time
 
 from .errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--lora_rank", type=int, default=16)
     model.add_argument("--pretrain", action="store_true", help="random init from the checkpoint's config")
     train = p.add_argument_group("training (upstream)")
-    train.add_argument("--output_dir", default="./llmjepa-out")
+    train.add_argument("--output_dir", help="default: a new folder runs/<date>-<time>-<mode>")
     train.add_argument("--batch_size", type=int, default=4)
     train.add_argument("--grad_accum", type=int, default=4)
     train.add_argument("--learning_rate", type=float, default=2e-5)
@@ -223,16 +224,15 @@ def check_paths(args: argparse.Namespace) -> None:
             raise UserError(f"--{flag} {path}: is a directory; expected a JSONL file")
         if not os.path.isfile(path):
             raise UserError(f"--{flag} {path}: no such file")
-    if args.output_dir is not None:
-        check_output_dir(args.output_dir)
+    if args.output_dir is None:
+        args.output_dir = default_output_dir(args)
+    check_output_dir(args.output_dir)
     resume = args.resume_from_checkpoint
     if resume and resume != "latest":
         if not os.path.isdir(resume):
             raise UserError(f"--resume_from_checkpoint {resume}: no such directory")
         if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
             raise UserError(f"--resume_from_checkpoint {resume}: not a checkpoint directory (no trainer_state.json)")
-    if resume == "latest" and args.output_dir is None:
-        raise UserError("--resume_from_checkpoint latest needs --output_dir (by default every run gets a new folder)")
     check_model_name(args.model_name)
 
 
@@ -280,6 +280,22 @@ def hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
     except OSError:
         return host
     return None
+
+
+def default_output_dir(args: argparse.Namespace) -> str:
+    """runs/<date>-<time>-<mode>, a folder no earlier run wrote (runs/ is git-ignored)."""
+    if args.resume_from_checkpoint == "latest":
+        raise UserError("--resume_from_checkpoint latest needs --output_dir (by default every run gets a new folder)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("under torchrun give --output_dir: each rank would pick its own default folder")
+    steps = args.num_prediction_steps
+    mode = "regular" if args.regular else f"step-jepa-n{steps}" if steps else "jepa"
+    base = os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{mode}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
 
 
 def check_output_dir(output_dir: str) -> None:

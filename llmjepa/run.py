@@ -305,6 +305,8 @@ def build_run(args: argparse.Namespace) -> Run:
 def train(args: argparse.Namespace, argv: list[str] | None = None) -> JepaTrainer | None:
     """One training run from parsed flags (argv: the command line, for the resume command printed when
     a signal stops the run). Returns the trainer, or None when the checkpoint resumed had finished."""
+    if is_main_process():
+        print(f"llmjepa-train: output in {args.output_dir}")
     resume_from = resume_point(args)  # before anything is loaded: a bad checkpoint fails in a second
     if resume_from and finished_already(args, resume_from):
         return None

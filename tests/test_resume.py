@@ -9,6 +9,7 @@ in steps of 4 make an epoch of 4 steps, so the resumed part also crosses an epoc
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -128,3 +129,29 @@ def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture, data: Path
         lines = err.strip().splitlines()
         assert rc == 2 and lines[-1].startswith("llmjepa-train: error: --resume_from_checkpoint"), err[-2000:]
         assert needle in lines[-1] and "Traceback" not in err
+
+
+def test_default_output_dir_is_new_per_run_and_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmjepa.cli import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli(capsys, "--regular", "--batch_size", "2", "--grad_accum", "1", "--max_train_steps", "1")
+    assert rc == 0, err[-3000:]
+    first = out.splitlines()[0]
+    assert re.fullmatch(r"llmjepa-train: output in runs/\d{8}-\d{6}-regular", first), first
+    run_dir = tmp_path / first.split("output in ")[1]
+    assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "model.safetensors").is_file()
+    # a second run in the same second gets a folder of its own
+    taken = tmp_path / parse_args(["--num_prediction_steps", "2"]).output_dir
+    taken.mkdir(parents=True)
+    again = parse_args(["--num_prediction_steps", "2"]).output_dir
+    assert re.fullmatch(r"runs/\d{8}-\d{6}-step-jepa-n2(-2)?", again) and tmp_path / again != taken
+    rc, _, err = run_cli(capsys, "--resume_from_checkpoint", "latest")
+    assert rc == 2 and err.strip() == (
+        "llmjepa-train: error: --resume_from_checkpoint latest needs --output_dir (by default every run gets a new "
+        "folder)"
+    )
+    ignored = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().split()
+    assert "runs/" in ignored
