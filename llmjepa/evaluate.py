@@ -238,9 +238,10 @@ def drop_partial_lines(path: Path) -> None:
 def check_run_config(out: Path, config: dict, overwrite: bool, rank: int) -> None:
     """A resumed run must be the same run: same input, model and generation settings."""
     path = out / RUN_CONFIG
-    if overwrite and rank == 0:
-        for old in [*out.glob("predictions*.jsonl"), out / SUMMARY, path]:
-            old.unlink(missing_ok=True)
+    if overwrite:
+        if rank == 0:
+            for old in [*out.glob("predictions*.jsonl"), out / SUMMARY, path]:
+                old.unlink(missing_ok=True)
     elif path.is_file() and json.loads(path.read_text()) != config:
         raise UserError(f"{path}: {out} holds another run's predictions: use --overwrite or a fresh --output_dir")
     if rank == 0:
@@ -329,18 +330,25 @@ def evaluate_model(name: str, examples: list[Example], args: argparse.Namespace,
     done = load_done(out, examples)
     drop_partial_lines(rank_file(out, rank, world))
     pending = [i for i in range(len(examples)) if i not in done and i % world == rank]
-    model, tokenizer = load_for_eval(name, args, device)
+    vllm = uses_vllm(name, settings, args, world)
+    if vllm:  # vLLM loads the weights itself; the HF model is loaded only if --similarity needs it
+        from .model import load_tokenizer
+
+        model, tokenizer = None, load_tokenizer(name)
+    else:
+        model, tokenizer = load_for_eval(name, args, device)
     torch.manual_seed(settings.seed)
     cfg = view_config_for(name, model, args)
     prompts = [prompt_ids(tokenizer, ex.messages, cfg) for ex in examples]
     truncated = sum(len(p) > args.max_length for p in prompts)
     prompts = [p[-args.max_length :] for p in prompts]
-    generator = make_generator(name, model, tokenizer, settings, args)
+    generator = make_generator(name, model, tokenizer, settings, args, vllm)
+    batch_size = max(args.batch_size, 1024) if vllm else args.batch_size  # vLLM schedules its own batches
     scoring = Scoring(ScoreConfig(args.scorer, args.numeric, args.spider_path, args.spider_timeout), args.startswith)
     tokens, gen_seconds = 0, 0.0
     progress = progress_bar(len(pending), f"{os.path.basename(name.rstrip('/'))} rank {rank}", args, rank)
     with open(rank_file(out, rank, world), "a", encoding="utf-8") as f:
-        for batch in length_batches(pending, [len(p) for p in prompts], args.batch_size):
+        for batch in length_batches(pending, [len(p) for p in prompts], batch_size):
             t0 = time.perf_counter()
             generated = generator.generate([prompts[i] for i in batch])
             gen_seconds += time.perf_counter() - t0
@@ -353,9 +361,12 @@ def evaluate_model(name: str, examples: list[Example], args: argparse.Namespace,
             progress.update(len(batch))
     progress.close()
     outcome = Outcome([], 0.0, tokens, gen_seconds, truncated, generator.name)
+    del generator
     if args.similarity and rank == 0:
+        if model is None:
+            model, tokenizer = load_for_eval(name, args, device)
         outcome.extra["cosine"] = similarity_cosines(model, tokenizer, examples, cfg, args)
-    del model, generator
+    del model
     tokens, gen_seconds = all_ranks_sum([tokens, gen_seconds], world)
     barrier(world)
     outcome.generated_tokens, outcome.generation_seconds = int(tokens), gen_seconds / world
@@ -365,10 +376,22 @@ def evaluate_model(name: str, examples: list[Example], args: argparse.Namespace,
     return outcome
 
 
-def make_generator(name: str, model, tokenizer, settings: GenerationSettings, args: argparse.Namespace):
+def uses_vllm(name: str, settings: GenerationSettings, args: argparse.Namespace, world: int) -> bool:
+    """--backend vllm, or auto where vLLM is usable in one process (torchrun ranks use HF generate:
+    vLLM under torchrun needs its own launch mode, untested here)."""
+    if args.scorer == "hellaswag" or args.backend == "hf":
+        return False
+    if args.backend == "vllm":
+        if world > 1:
+            raise UserError("--backend vllm runs in one process: start llmjepa-eval without torchrun")
+        return True
+    return world == 1 and vllm_usable(name, settings)
+
+
+def make_generator(name: str, model, tokenizer, settings: GenerationSettings, args: argparse.Namespace, vllm: bool):
     if args.scorer == "hellaswag":
         return ChoiceGenerator(model, tokenizer)
-    if args.backend == "vllm" or (args.backend == "auto" and vllm_usable(name, settings)):
+    if vllm:
         dtype = args.dtype if args.dtype != "auto" else "bfloat16"
         return VllmGenerator(name, tokenizer, settings, dtype)
     return HFGenerator(model, tokenizer, settings)

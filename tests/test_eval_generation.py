@@ -152,3 +152,19 @@ def test_lora_adapter_is_merged_into_its_base(tmp_path, tiny: tuple, examples: l
     with torch.no_grad():
         got = merged(input_ids=ids).logits.double()
     assert ((got - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_backend_choice() -> None:
+    """vLLM only where usable (installed, CUDA, a checkpoint folder, no beams) and in one process."""
+    from llmjepa.evaluate import uses_vllm
+    from llmjepa.generation import vllm_usable
+
+    settings = GenerationSettings()
+    args = parse("--model_name", TINY)
+    assert not vllm_usable(TINY, settings)  # the embedded default is no checkpoint folder vLLM could load
+    assert not uses_vllm(TINY, settings, args, world=1)
+    args.backend = "vllm"
+    with pytest.raises(UserError, match="one process"):
+        uses_vllm(TINY, settings, args, world=2)
+    with pytest.raises(UserError, match="--backend vllm needs"):
+        parse("--model_name", TINY, "--backend", "vllm")
