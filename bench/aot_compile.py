@@ -12,7 +12,8 @@ the PTX uses wgmma, compile seconds; a Markdown table with --md.
     python bench/aot_compile.py --arch 90 --json bench/results/aot_sm90.json --md bench/results/aot_sm90.md
 
 --subset ci compiles the representative subset CI checks: bf16 and fp32, head_dim 64 and 128, group
-4, every attention kernel, the pair loss at hidden 2048. --configs candidates compiles
+4, every attention kernel, the pair loss at hidden 2048; --subset smoke its head_dim 128 part and the
+bf16 pair loss (what CI always runs; the whole ci subset is marked slow). --configs candidates compiles
 candidate_configs() instead of default_config(). Exit status 1 when a kernel fails to compile.
 Needs triton and its bundled ptxas, not a GPU; refuses to run under TRITON_INTERPRET=1.
 """
@@ -276,6 +277,11 @@ def pair_jobs(dtypes, hidden_sizes, kinds) -> Iterator[tuple[dict, Launch]]:
 
 
 def jobs(subset: str, configs: str) -> list[tuple[dict, Launch]]:
+    if subset == "smoke":
+        return [
+            *attention_jobs(("bf16", "fp32"), (128,), (4,), configs),
+            *pair_jobs(("bf16",), (2048,), ("cosine",)),
+        ]
     if subset == "ci":
         return [
             *attention_jobs(("bf16", "fp32"), (64, 128), (4,), configs),
@@ -332,7 +338,10 @@ def markdown(records: list[dict], arch: int) -> str:
     ]
     for r in records:
         size = r["head_dim"] if r["head_dim"] else f"{r['hidden']} ({r['kind']})"
-        tiles = f"{r['block_m']} x {r['block_n']}" if r["block_m"] else f"BLOCK_D {r['block_n']}"
+        if r["block_m"] is None:
+            tiles = f"BLOCK_D {r['block_n']}"
+        else:
+            tiles = f"{r['block_m']} x {r['block_n']}" if r["block_n"] else f"{r['block_m']} rows"
         ok = "yes" if r["ok"] else f"no: {r['error']}"
         lines.append(
             f"| {r['kernel']} | {r['dtype']} | {size} | {r['group'] or ''} | {tiles} | {r['num_warps']} "
@@ -350,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, choices=(80, 90), required=True, help="compute capability: 80 or 90")
     parser.add_argument("--json", required=True, help="write the records here")
     parser.add_argument("--md", help="also write a Markdown table here")
-    parser.add_argument("--subset", choices=("all", "ci"), default="all")
+    parser.add_argument("--subset", choices=("all", "ci", "smoke"), default="all")
     parser.add_argument("--configs", choices=("default", "candidates"), default="default")
     args = parser.parse_args(argv)
     if not isinstance(attention._attn_fwd_kernel, JITFunction):

@@ -33,6 +33,7 @@ __all__ = [
     "BlockCausalLayout",
     "KernelConfig",
     "block_causal_attention",
+    "candidate_configs",
     "default_config",
     "interpreted",
 ]
@@ -391,45 +392,75 @@ def interpreted() -> bool:
     return _INTERPRETED
 
 
+def _config(forward: tuple, dkdv: tuple, dq: tuple) -> AttentionConfig:
+    return AttentionConfig(KernelConfig(*forward), KernelConfig(*dkdv), KernelConfig(*dq))
+
+
+# Per (16-bit?, head_dim bucket): candidate configs, the default first. Entries are (block_m, block_n,
+# num_warps, num_stages) of the forward, dK/dV and dQ kernels. 16-bit dots on sm_90 become wgmma where
+# the dot's M side is 64 rows per warpgroup (forward/dQ: block_m >= 64; dK/dV: block_n >= 64) and the
+# accumulators fit; IEEE fp32 dots run on FMA units (no tensor cores, no wgmma) and need small tiles.
+_CANDIDATES: dict[tuple[bool, int], list[AttentionConfig]] = {
+    (True, 64): [
+        _config((128, 64, 8, 3), (64, 64, 4, 2), (128, 64, 8, 2)),
+        _config((64, 64, 4, 3), (64, 64, 8, 2), (64, 64, 4, 2)),
+    ],
+    (True, 128): [
+        _config((128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 8, 2)),
+        _config((64, 64, 4, 2), (32, 64, 8, 2), (128, 64, 8, 2)),
+        _config((128, 32, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2)),
+    ],
+    (True, 256): [
+        _config((64, 64, 8, 1), (32, 32, 8, 1), (32, 16, 8, 1)),
+        _config((64, 32, 8, 1), (16, 32, 8, 1), (64, 32, 4, 1)),  # dQ: wgmma on sm_90, spills on sm_80
+        _config((128, 32, 8, 1), (32, 16, 8, 1), (32, 32, 8, 1)),
+    ],
+    (False, 64): [
+        _config((64, 32, 8, 1), (32, 32, 8, 1), (64, 32, 8, 1)),
+        _config((32, 32, 4, 1), (16, 32, 4, 1), (32, 32, 4, 1)),
+    ],
+    (False, 128): [
+        _config((32, 16, 8, 1), (16, 32, 8, 1), (32, 16, 8, 1)),
+        _config((32, 32, 8, 1), (16, 16, 4, 1), (16, 32, 8, 1)),
+    ],
+    (False, 256): [
+        _config((16, 16, 4, 1), (16, 16, 8, 1), (16, 16, 4, 1)),
+        _config((16, 16, 8, 1), (16, 16, 4, 1), (16, 16, 8, 1)),
+    ],
+}
+
+
+def candidate_configs(head_dim: int, dtype: torch.dtype) -> list[AttentionConfig]:
+    """A few configs per head_dim bucket and dtype for a GPU run to time, default_config's first.
+
+    Entry i holds the i-th candidate of each kernel; the kernels run apart, so a timing run may pick
+    each kernel's best candidate on its own. Every candidate compiles without register spills for
+    sm_90, the GPUs the acceptance run times on (`bench/aot_compile.py --arch 90 --configs candidates`,
+    2026-11-24); not all of them for sm_80 (the 16-bit head_dim 256 dQ of entry 1 spills there).
+    """
+    if interpreted():
+        return [default_config(head_dim, dtype)]
+    bucket = 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
+    return list(_CANDIDATES[(dtype != torch.float32, bucket)])
+
+
 def default_config(head_dim: int, dtype: torch.dtype) -> AttentionConfig:
-    """Tile shapes per kernel. Under the interpreter small tiles keep numpy fast. On GPUs these are
-    the largest tiles that compile for sm_90 without register spills (ptxas -v), not timed tunings."""
+    """Tile shapes per kernel: head_dim bucket (<= 64, <= 128, <= 256) and fp32 vs 16-bit.
+
+    Under the interpreter small tiles keep numpy fast. On GPUs: the largest tiles found that compile
+    without register spills, with wgmma on sm_90 wherever a 16-bit kernel's tile allows it without
+    spilling; not timed tunings (candidate_configs lists alternatives for a GPU run to time).
+    Checked with `bench/aot_compile.py --arch 90` and `--arch 80` (triton 3.9, its bundled ptxas -v,
+    no GPU; 2026-11-24): every kernel, fp16/bf16/fp32, head_dim 64/128/256, GQA group 1 and 4
+    compiles with 0 spill bytes on both; tables in bench/results/aot_sm90.md and aot_sm80.md. wgmma on
+    sm_90: every 16-bit forward kernel, and dK/dV and dQ at head_dim 64 and 128. At head_dim 256 they
+    stay on mma.sync: every dK/dV tile with block_n 64 spills on sm_90, and the one dQ tile found with
+    wgmma and no spill there (64 x 32, 4 warps, 255 registers) spills 416 bytes on sm_80.
+    """
     if interpreted():
         small = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
         return AttentionConfig(forward=small, dkdv=small, dq=small)
-    if dtype == torch.float32:
-        # IEEE fp32 dots run on FMA units and hold far more registers than 16-bit tensor-core dots.
-        if head_dim <= 64:
-            return AttentionConfig(
-                forward=KernelConfig(64, 32, 8, 1),
-                dkdv=KernelConfig(32, 32, 8, 1),
-                dq=KernelConfig(64, 32, 8, 1),
-            )
-        if head_dim <= 128:
-            return AttentionConfig(
-                forward=KernelConfig(32, 16, 8, 1),
-                dkdv=KernelConfig(16, 32, 4, 1),
-                dq=KernelConfig(32, 32, 8, 1),
-            )
-        tiny = KernelConfig(16, 16, 4, 1)
-        return AttentionConfig(forward=tiny, dkdv=tiny, dq=tiny)
-    if head_dim <= 64:
-        return AttentionConfig(
-            forward=KernelConfig(128, 64, 8, 3),
-            dkdv=KernelConfig(64, 64, 4, 2),
-            dq=KernelConfig(128, 64, 8, 2),
-        )
-    if head_dim <= 128:
-        return AttentionConfig(
-            forward=KernelConfig(128, 64, 8, 2),
-            dkdv=KernelConfig(64, 32, 8, 2),
-            dq=KernelConfig(64, 64, 8, 2),
-        )
-    return AttentionConfig(
-        forward=KernelConfig(64, 32, 8, 1),
-        dkdv=KernelConfig(32, 32, 8, 1),
-        dq=KernelConfig(32, 16, 8, 1),
-    )
+    return candidate_configs(head_dim, dtype)[0]
 
 
 def _block_d(head_dim: int) -> int:
