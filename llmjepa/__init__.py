@@ -1,24 +1,47 @@
 """llmjepa: a drop-in, fast trainer for LLM-JEPA fine-tuning.
 
-from llmjepa import JepaTrainer, LossConfig, ViewConfig, ViewCollator, run_reference
+    from transformers import TrainingArguments
+    from llmjepa import JepaTrainer, LossConfig, ViewConfig, load_model, load_tokenizer
+
+    tokenizer = load_tokenizer("llmjepa/tiny-llama")  # or a local Hugging Face checkpoint folder
+    model = load_model("llmjepa/tiny-llama", tokenizer)
+    trainer = JepaTrainer(model=model, args=TrainingArguments("out"), train_dataset=rows,
+                          processing_class=tokenizer, loss_config=LossConfig(lbd=0.1))
+
+rows: dicts (or a datasets.Dataset) with a "messages" list, as in the JSONL files.
 """
 
 from .collate import ViewCollator
+from .data import Example, examples_from_records, load_examples
+from .default_model import DEFAULT_MODEL_NAME, build_default_model, build_default_tokenizer, sample_data_path
 from .execute import Executed, run_reference
+from .fast import run_fast
+from .model import ModelSpec, load_model, load_tokenizer
 from .plan import ViewPlan, ViewRow
 from .trainer import JepaTrainer, LossConfig
 from .views import Encoded, ViewConfig, build_plan, encode_all
 
 __all__ = [
+    "DEFAULT_MODEL_NAME",
     "Encoded",
+    "Example",
     "Executed",
     "JepaTrainer",
     "LossConfig",
+    "ModelSpec",
     "ViewCollator",
     "ViewConfig",
     "ViewPlan",
     "ViewRow",
+    "build_default_model",
+    "build_default_tokenizer",
     "build_plan",
     "encode_all",
+    "examples_from_records",
+    "load_examples",
+    "load_model",
+    "load_tokenizer",
+    "run_fast",
     "run_reference",
+    "sample_data_path",
 ]

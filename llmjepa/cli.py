@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--eval_accuracy", action="store_true", help="generation accuracy at each evaluation")
     ours.add_argument("--eval_accuracy_samples", type=int, default=32, help="eval examples it generates for")
     ours.add_argument("--eval_accuracy_max_new_tokens", type=int, default=128)
+    from .stp import add_stp_arguments
+
+    add_stp_arguments(p)  # group "STP (upstream stp.py)": --linear and its flags (llmjepa/stp.py)
     return p
 
 
@@ -177,6 +180,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     args.step_separator = unescape(args.step_separator)
     if not args.step_separator:
         raise UserError("--step_separator must not be empty")
+    from .stp import check_stp_args
+
+    check_stp_args(args)
     check_paths(args)
     return args
 

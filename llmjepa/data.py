@@ -6,8 +6,10 @@ naming the file and line; blank lines are allowed and skipped (they hold no exam
 
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError, located
 
@@ -29,6 +31,19 @@ def parse_line(text: str, path: Path, line: int) -> Example:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise located(path, line, f"malformed JSON ({e.msg} at column {e.colno})") from None
+    return parse_object(obj, path, line)
+
+
+def examples_from_records(records: Iterable[Any], name: str = "train_dataset") -> list[Example]:
+    """Examples from in-memory records: a list of dicts, or a datasets.Dataset, each with a "messages"
+    list (the library path); checked as the lines of a file are, row k (0-based) named as name[k]."""
+    examples = [parse_object(obj, f"{name}[{k}]", None) for k, obj in enumerate(records)]
+    if not examples:
+        raise UserError(f"{name}: no examples")
+    return examples
+
+
+def parse_object(obj: Any, path: Path | str, line: int | None) -> Example:
     if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
         raise located(path, line, 'expected an object with a "messages" list')
     messages = obj["messages"]
@@ -42,7 +57,8 @@ def parse_line(text: str, path: Path, line: int) -> Example:
         raise located(path, line, "empty assistant message")
     if not messages[-2]["content"].strip():
         raise located(path, line, "empty user message")
-    return Example(messages=[{"role": m["role"], "content": m["content"]} for m in messages], source=f"{path}:{line}")
+    source = f"{path}:{line}" if line is not None else str(path)
+    return Example(messages=[{"role": m["role"], "content": m["content"]} for m in messages], source=source)
 
 
 def load_examples(path: str | Path) -> list[Example]:

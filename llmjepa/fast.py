@@ -40,6 +40,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def check_attention_is_ours(model: nn.Module) -> None:
+    """The packed stream's ranges mean nothing to another attention: SDPA would let every token see the
+    whole stream, and the JEPA term would be wrong without an error."""
+    from llmjepa_kernels.hf_attention import ATTENTION_NAME
+
+    found = getattr(unwrap(model).config, "_attn_implementation", None)
+    if found != ATTENTION_NAME:
+        raise ValueError(
+            f"run_fast: the model's attention implementation is {found!r}, not {ATTENTION_NAME!r}: call "
+            f"llmjepa_kernels.hf_attention.register() and model.set_attn_implementation({ATTENTION_NAME!r}) first"
+        )
+
+
 def check_fast_supported(model: nn.Module) -> None:
     """Refuse, before training, what the fast path would get wrong."""
     config = unwrap(model).config
@@ -124,6 +137,7 @@ def run_fast(
     attention: "triton", "flex" or "torch" to override the per-device choice (tests run the kernel on CPU).
     lm_head_method: lm_head.LM_HEAD_METHODS ("auto": F.linear_cross_entropy where it applies, else chunks)."""
     _, device = model_dtype_device(model)
+    check_attention_is_ours(model)
     backend = attention or attention_backend(device)
     stream = plan.packed if plan.packed is not None else pack_plan(plan)
     if getattr(stream, "layout", None) is None:  # not packed by the collator: build the layout here, on the host
@@ -148,4 +162,4 @@ def run_fast(
         head_transform(base.config),
         lm_head_method,
     )
-    return Executed(ce_sum, hidden, stream.pred_index, stream.target_index)
+    return Executed(ce_sum, hidden, stream.pred_index, stream.target_index, out.hidden_states)

@@ -56,9 +56,13 @@ def quiet_length_warning(tokenizer: PreTrainedTokenizerBase) -> None:
         warned["sequence-length-is-longer-than-the-specified-maximum"] = True
 
 
-def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+def load_model(spec: ModelSpec | str, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+    """The model of `spec` (a ModelSpec, or a name: a local checkpoint folder or llmjepa/tiny-llama), its
+    embeddings sized for `tokenizer` (from load_tokenizer, which adds the predictor tokens)."""
     from .default_model import DEFAULT_MODEL_NAME, build_default_model
 
+    if isinstance(spec, str):
+        spec = ModelSpec(spec)
     dtype = getattr(torch, spec.dtype)
     if spec.model_name == DEFAULT_MODEL_NAME:
         model = build_default_model(tokenizer, seed=spec.seed).to(dtype)
@@ -75,8 +79,7 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> torch.nn.
     model.set_attn_implementation(spec.attn_implementation)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    set_pad_token_id(model, tokenizer.pad_token_id)
     if spec.lora:
         model = add_lora(model, spec.lora_rank)
     return model
@@ -96,3 +99,26 @@ def add_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     model = get_peft_model(model, config)
     model.enable_input_require_grads()  # gradient checkpointing needs inputs that require grad
     return model
+
+
+def add_missing_tokens(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module, tokens: list[str]) -> None:
+    """The library path: add the tokens a view config needs (predictors; --plain's markers) when the
+    tokenizer lacks them, and resize the model's embeddings to match; pad = eos when there is no pad."""
+    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # upstream: pad = eos when there is none
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and embeddings.num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    set_pad_token_id(model, tokenizer.pad_token_id)
+    quiet_length_warning(tokenizer)
+
+
+def set_pad_token_id(model: torch.nn.Module, pad_token_id: int | None) -> None:
+    """The tokenizer's pad id in the model's config and generation config where they have none (else the
+    Trainer aligns them itself, with a warning at every start)."""
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None and getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = pad_token_id

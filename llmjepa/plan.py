@@ -47,6 +47,7 @@ class ViewPlan:
     pairs: list[tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=list)
     n_examples: int = 0
     packed: Any = None  # the fast path's fast.PackedStream, when the collator packed it (in loader workers)
+    stp: Any = None  # --linear (STP): stp.StpPlan, the terms read from view 1's hidden rows (no pairs)
 
     @property
     def label_tokens(self) -> int:
@@ -55,7 +56,8 @@ class ViewPlan:
 
     @property
     def n_pairs(self) -> int:
-        return len(self.pairs)
+        """JEPA terms: pairs, or STP's terms (what the step's JEPA loss is the mean over)."""
+        return len(self.pairs) if self.stp is None else self.stp.n_terms
 
     @property
     def n_tokens(self) -> int:

@@ -23,6 +23,7 @@ from .fast import check_fast_supported, run_fast, triton_attention_shape
 from .interrupt import StopOnSignal
 from .model import ModelSpec, load_model, load_tokenizer
 from .plots import plot_curves
+from .stp import prepare_model, stp_config
 from .trainer import JepaTrainer, LossConfig
 from .views import Encoded, ViewConfig, encode_all
 
@@ -46,6 +47,7 @@ def view_config(args: argparse.Namespace) -> ViewConfig:
         merge_system="gemma" in args.model_name.lower(),
         labels=labels,
         max_length=args.max_length,
+        stp=stp_config(args),
     )
 
 
@@ -274,6 +276,7 @@ def build_run(args: argparse.Namespace) -> Run:
     eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source) if eval_examples else None
     check_enough(train_set, args.batch_size, source)
     model = load_model_from_args(args, tokenizer, dtype)
+    prepare_model(args, model)  # STP: --jepa_layer checked, the linear predictor attached (llmjepa/stp.py)
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     trainer = JepaTrainer(

@@ -111,13 +111,22 @@ class JepaTrainer(Trainer):
     def __init__(
         self,
         *args: Any,
-        executor: Executor,
-        loss_config: LossConfig,
+        executor: Executor | None = None,
+        loss_config: LossConfig | None = None,
+        view_config: Any = None,
+        peft_config: Any = None,
         metrics_path: Path | None = None,
         track_flops: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        """Trainer's arguments, and: executor, loss_config, view_config (views.ViewConfig), peft_config;
+        each made when not given, and datasets of {"messages": [...]} rows tokenized (defaults.py)."""
+        from .defaults import library_defaults, trainer_keywords
+
+        kwargs, loss_config, executor = library_defaults(
+            trainer_keywords(args, kwargs), loss_config, view_config, peft_config, executor
+        )
+        super().__init__(**kwargs)
         self.track_flops = track_flops
         self.executor = executor
         self.loss_config = loss_config
@@ -154,6 +163,10 @@ class JepaTrainer(Trainer):
         jepa_sum, cos = self.pair_loss_sum(out)
         loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
         return loss, out.ce_sum, jepa_sum, cos, tokens_run
+        if plan.stp is not None:  # --linear (STP): the JEPA term reads view 1's hidden rows (llmjepa/stp.py)
+            from .stp import stp_plan_losses
+
+            return stp_plan_losses(self, model, plan, label_tokens, pairs)
 
     def pair_loss_sum(self, out: Executed) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of the JEPA terms over the plan's pairs, per-pair cosines): fused kernel or PyTorch."""
