@@ -154,6 +154,10 @@ class JepaTrainer(Trainer):
     def plan_losses(self, model: torch.nn.Module, plan: ViewPlan, label_tokens: int, pairs: int) -> tuple:
         """(loss, ce_sum, jepa_sum, per-pair cosines or None, tokens run) of one plan, normalized by the
         step totals."""
+        if plan.stp is not None:  # --linear (STP): the JEPA term reads view 1's hidden rows (llmjepa/stp.py)
+            from .stp import stp_plan_losses
+
+            return stp_plan_losses(self, model, plan, label_tokens, pairs)
         cfg = self.loss_config
         out: Executed = self.executor(model, plan)
         lm = out.ce_sum / max(label_tokens, 1)
@@ -163,10 +167,6 @@ class JepaTrainer(Trainer):
         jepa_sum, cos = self.pair_loss_sum(out)
         loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
         return loss, out.ce_sum, jepa_sum, cos, tokens_run
-        if plan.stp is not None:  # --linear (STP): the JEPA term reads view 1's hidden rows (llmjepa/stp.py)
-            from .stp import stp_plan_losses
-
-            return stp_plan_losses(self, model, plan, label_tokens, pairs)
 
     def pair_loss_sum(self, out: Executed) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of the JEPA terms over the plan's pairs, per-pair cosines): fused kernel or PyTorch."""

@@ -20,14 +20,15 @@ Modes (see docs/views.md for the pictures):
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from .data import Example
 from .errors import UserError
 from .plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow, causal_row
-
 from .stp import check_spans, find_content_spans, stp_plan
+
 
 @dataclass
 class ViewConfig:
@@ -47,8 +48,8 @@ class ViewConfig:
     merge_system: bool = False  # Gemma: system folded into the user turn
     labels: str = "assistant"  # assistant | all | upstream
     max_length: int = 512
-
     stp: Any = None  # --linear: stp.StpConfig; the plan is view 1 alone, with STP's terms (llmjepa/stp.py)
+
     def __post_init__(self) -> None:
         if self.isolated_predictors and not self.multi_step:
             raise UserError(ISOLATED_NEEDS_STEPS)
@@ -83,8 +84,8 @@ class Encoded:
     boundaries: list[int] = field(default_factory=list)  # multi-step
     truncated: bool = False
     fallback: bool = False  # multi-step: no separator in the answer
-
     content_spans: tuple = ()  # STP: (s_u, e_u, s_a, e_a), the user and assistant contents in view 1
+
 
 @dataclass
 class EncodeReport:
@@ -221,12 +222,12 @@ def encode(
     enc.labels = view1_labels(enc.input_ids, enc.assistant_start, enc.assistant_end, cfg, tokenizer.pad_token_id)
     if cfg.regular:
         return enc
-    if cfg.multi_step:
     if cfg.stp is not None:
         user, answer = example.messages[-2]["content"], example.messages[-1]["content"]
         enc.content_spans = find_content_spans(tokenizer, enc.input_ids, user, answer, example.source)
         check_spans(enc.content_spans, cfg.stp, example.source)
         return enc
+    if cfg.multi_step:
         sep_ids = separator_token_ids(tokenizer, cfg.step_separator)
         enc.boundaries, n_found = step_boundaries(enc.input_ids, enc.assistant_start, enc.assistant_end, sep_ids, cfg)
         enc.fallback = n_found == 0
@@ -373,10 +374,10 @@ def build_plan(batch: list[Encoded], cfg: ViewConfig, predictor_ids: list[int], 
     plan = ViewPlan(rows=rows, n_examples=len(batch))
     if cfg.regular or not with_views:
         return plan
-    for b, enc in enumerate(batch):
     if cfg.stp is not None:  # STP: view 1 alone; its terms read view 1's hidden rows
         plan.stp = stp_plan([enc.content_spans for enc in batch], cfg.stp, [enc.index for enc in batch])
         return plan
+    for b, enc in enumerate(batch):
         offset = len(plan.rows)
         if cfg.multi_step and cfg.isolated_predictors:
             extra, pairs = isolated_step_rows(enc, b, cfg, predictor_ids)
