@@ -165,7 +165,7 @@ def needed_in_row(causal_start: np.ndarray, reads: np.ndarray) -> np.ndarray:
     start their own blocks. One cumulative minimum per block."""
     keep = np.zeros(len(causal_start), dtype=bool)
     lowest = len(causal_start)  # tokens >= lowest are decided
-    for p in np.unique(reads)[::-1]:
+    for p in sorted(set(reads.tolist()), reverse=True):  # a few reads per row: no numpy call
         if p >= lowest:
             continue  # inside the block above
         reach = np.minimum.accumulate(causal_start[p:0:-1])  # reach[k] = min causal_start over [p - k, p]
@@ -201,10 +201,11 @@ def _pack(plan: ViewPlan, share_prefixes: bool, truncate_views: bool) -> tuple[P
     whole = has_shared | arrays.any_per_row(arrays.labels != IGNORE_INDEX) | (not truncate_views)
     keep = np.repeat(whole, np.diff(arrays.offset))
     reads = np.concatenate([pred, target])
-    for r in np.unique(arrays.row[reads]):
+    read_rows = arrays.row[reads]
+    for r in sorted(set(read_rows.tolist())):
         if not whole[r]:
             lo, hi = arrays.offset[r], arrays.offset[r + 1]
-            keep[lo:hi] = needed_in_row(arrays.causal_start[lo:hi], reads[arrays.row[reads] == r] - lo)
+            keep[lo:hi] = needed_in_row(arrays.causal_start[lo:hi], reads[read_rows == r] - lo)
 
     order = stream_order(plan)
     place = np.empty(n_rows, dtype=np.int64)
