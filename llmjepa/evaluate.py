@@ -11,6 +11,7 @@ Under torchrun each rank takes examples i % world_size == rank and rank 0 merges
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -100,6 +101,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("give --model_name (generate) or --predictions_file (score given predictions), one of them")
     if args.predictions_file and (args.base_model or args.similarity):
         raise UserError("--base_model and --similarity need a model: use --model_name, not --predictions_file")
+    for name in ("temperature", "top_p", "repetition_penalty", "spider_timeout"):
+        if not math.isfinite(getattr(args, name)):
+            raise UserError(f"--{name} must be a finite number (got {getattr(args, name)})")
     for name in ("batch_size", "max_new_tokens", "max_length", "num_beams"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1")

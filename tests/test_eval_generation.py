@@ -103,6 +103,8 @@ def test_flags_are_checked() -> None:
         parse()
     with pytest.raises(UserError, match="one of them"):
         parse("--model_name", TINY, "--predictions_file", "p.jsonl")
+    with pytest.raises(UserError, match="--temperature must be a finite number"):
+        parse("--model_name", TINY, "--temperature", "nan")
     with pytest.raises(UserError, match="--spider_path"):
         parse("--model_name", TINY, "--dataset", "spider")
 
