@@ -577,6 +577,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory_methods", nargs="+", default=None, help="CPU: probe only these (default: all)")
     p.add_argument("--threads", type=int, default=1, help="CPU: torch threads")
     p.add_argument("--sweep", nargs="+", default=None, metavar=("length|N", "VALUE"), help="scaling table")
+    p.add_argument(
+        "--sweep_tokens", type=int, default=None, help="--sweep length: batch = this // length (view-1 tokens)"
+    )
     p.add_argument("--name", default=None, help="output file stem (default: step_<config>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out_dir", type=Path, default=ROOT / "bench" / "results")
@@ -886,6 +889,9 @@ def sweep(args: argparse.Namespace) -> dict:
         if what == "length":
             one.max_length, one.concatenate = value, True
             one.argv = strip_sweep(args.argv) + ["--max_length", str(value), "--concatenate"]
+            if args.sweep_tokens:  # the same view-1 tokens per microbatch at every length
+                one.batch_size = max(1, args.sweep_tokens // value)
+                one.argv += ["--batch_size", str(one.batch_size)]
         else:
             one.num_prediction_steps = value
             one.argv = strip_sweep(args.argv) + ["--num_prediction_steps", str(value)]
@@ -919,7 +925,9 @@ def sweep_markdown(report: dict) -> str:
         f"### Scaling over {what}, {first['config']}: {first['device']}, {first['dtype']}, {first['date']}",
         "",
         f"Each value its own interleaved run ({first['rounds']} rounds x {first['microbatches']} microbatches, "
-        f"batch {first['shapes']['batch_size']}). Ratios to packed_regular of the same run; efficiency = FLOP "
+        f"batch {', '.join(str(r['shapes']['batch_size']) for r in report['reports'])}, view-1 length "
+        f"{', '.join(str(r['shapes']['max_length']) for r in report['reports'])}). Ratios to packed_regular of the "
+        "same run; efficiency = FLOP "
         f"ratio / time ratio; memory: {first['memory_method']}.",
         "",
         f"| {report['sweep']} | method | ms/step | time ratio | FLOP ratio | efficiency | memory MiB | memory ratio "
