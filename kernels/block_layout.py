@@ -32,12 +32,14 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def to_device(t: torch.Tensor, device: torch.device, non_blocking: bool = True) -> torch.Tensor:
-    """t on device. Host to CUDA with non_blocking goes through pinned memory: the copy is queued on the
-    stream and the host goes on (a blocking copy, or one from pageable memory, waits for the stream).
-    Other moves are plain blocking copies (a non-blocking copy to the host could be read too early)."""
-    if non_blocking and device.type == "cuda" and t.device.type == "cpu":
-        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
-    return t.to(device)
+    """t on device. From the host with non_blocking, through pinned memory to CUDA: the copy is queued
+    on the stream and the host goes on (a blocking copy, or one from pageable memory, waits for the
+    stream). Moves from a device stay blocking (a non-blocking copy to the host could be read early)."""
+    if not non_blocking or t.device.type != "cpu":
+        return t.to(device)
+    if device.type == "cuda" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
