@@ -99,18 +99,18 @@ def inputs(rng: random.Random, t: int, dtype: torch.dtype):
     return q, k, v, dout, head_dim**-0.5
 
 
-BOUNDS = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+BOUNDS = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
 @pytest.mark.parametrize("case", range(24))
 def test_matches_dense_float64(monkeypatch: pytest.MonkeyPatch, case: int) -> None:
     """Output and gradients of the CPU form (flash kernel's ops) and of the generic SDPA form, query
-    blocks of 8 or 64, in float64, float32 and bfloat16, against dense attention in float64."""
+    blocks of 8 or 64, in float64, float32, float16 and bfloat16, against dense attention in float64."""
     rng = random.Random(SEED + case)
     torch.manual_seed(SEED + case)
     monkeypatch.setattr(torch_attention, "TORCH_QUERY_BLOCK", rng.choice([8, 64]))
     layout = random_stream(rng)
-    dtype = [torch.float64, torch.float32, torch.bfloat16][case % 3]
+    dtype = list(BOUNDS)[case % 4]
     q, k, v, dout, scale = inputs(rng, layout.num_tokens, dtype)
     ref = reference(q, k, v, dout, dense_visibility(layout), scale)
     blocks = torch_attention.query_blocks(layout)
