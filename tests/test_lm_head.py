@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,19 @@ def test_fast_trains_as_reference(tmp_path: Path, family: str) -> None:
             d = parity.rel_diff(x[key], y[key])
             assert d < 1e-4, f"{family}: step {x['step']} {key} {x[key]!r} vs {y[key]!r} ({d:.2e}); {NOTE}"
     assert fast[-1]["lm_loss"] < fast[0]["lm_loss"], family  # the weights moved
+
+
+def test_benchmark_ways_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/bench_lm_head.py's timing loop on a tiny shape: every way runs and gives the same loss."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_lm_head.py"
+    spec = importlib.util.spec_from_file_location("bench_lm_head", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    results = bench.time_ways(bench.Shape(tokens=64, hidden=16, vocab=50), torch.device("cpu"), rounds=2)
+    losses = [r["loss"] for r in results.values() if "skipped" not in r]
+    assert len(losses) == 3 - ("skipped" in results["linear_ce"])
+    assert max(losses) - min(losses) < 1e-5 * abs(losses[0]), results
+    assert all(len(r["all_seconds"]) == 2 for r in results.values() if "skipped" not in r)
