@@ -12,8 +12,8 @@ the PTX uses wgmma, compile seconds; a Markdown table with --md.
     python bench/aot_compile.py --arch 90 --json bench/results/aot_sm90.json --md bench/results/aot_sm90.md
 
 --subset ci compiles the representative subset CI checks: bf16 and fp32, head_dim 64 and 128, group
-4, every attention kernel, the pair loss at hidden 2048; --subset smoke its head_dim 128 part and the
-bf16 pair loss (what CI always runs; the whole ci subset is marked slow). --configs candidates compiles
+4, every attention kernel, the pair loss at hidden 2048 (tests/test_kernel_compile.py); --subset smoke
+its head_dim 128 part and the bf16 pair loss (a one-minute check). --configs candidates compiles
 candidate_configs() instead of default_config(). Exit status 1 when a kernel fails to compile.
 Needs triton and its bundled ptxas, not a GPU; refuses to run under TRITON_INTERPRET=1.
 """

@@ -392,19 +392,15 @@ def assert_compiled_without_spills(records: list[dict], kernels: tuple[str, ...]
     assert not spilled, "register spills on sm_90:\n" + "\n".join(aot._line(r) for r in spilled)
 
 
-def test_aot_smoke_subset_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
-    """bf16 and fp32 at head_dim 128 (where the 16-bit dK/dV now uses wgmma and fp32 used to spill)."""
-    records = run_aot(tmp_path, "smoke")
-    assert_compiled_without_spills(records, aot.ATTENTION_KERNELS + aot.PAIR_KERNELS)
-    wgmma = {r["kernel"] for r in records if r["dtype"] == "bf16" and r["uses_wgmma"]}
-    assert wgmma == {"_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"}
-
-
-@pytest.mark.slow
 def test_aot_ci_subset_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
-    """bf16 and fp32, head_dim 64 and 128, GQA group 4, every attention kernel and the pair loss."""
+    """bf16 and fp32, head_dim 64 and 128, GQA group 4, every attention kernel and the pair loss at
+    hidden 2048: no compile error, no spill, and wgmma in every 16-bit attention kernel with a dot.
+    About 100 s on the 2 busy cores this was written on (2026-11-24)."""
     records = run_aot(tmp_path, "ci")
     assert_compiled_without_spills(records, aot.ATTENTION_KERNELS + aot.PAIR_KERNELS)
     assert {(r["dtype"], r["head_dim"]) for r in records if r["head_dim"]} == {
         (dtype, head_dim) for dtype in ("bf16", "fp32") for head_dim in (64, 128)
     }
+    with_dots = ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel")
+    no_wgmma = [r for r in records if r["dtype"] == "bf16" and r["kernel"] in with_dots and not r["uses_wgmma"]]
+    assert not no_wgmma, "bf16 kernels without wgmma on sm_90:\n" + "\n".join(aot._line(r) for r in no_wgmma)
