@@ -63,18 +63,20 @@ def fast_model():
 
 
 @cache
-def examples() -> tuple:
-    return tuple(load_examples(str(sample_data_path("train")))[:BATCH])
+def examples(same: bool = False) -> tuple:
+    """The bundled sample's first 4 examples (same=True: its first example 4 times)."""
+    found = load_examples(str(sample_data_path("train")))
+    return tuple(found[:1] * BATCH if same else found[:BATCH])
 
 
-def encoded(cfg: StpConfig) -> list:
+def encoded(cfg: StpConfig, same: bool = False) -> list:
     vc = ViewConfig(labels="upstream", stp=cfg)
-    return [encode(e, i, tokenizer(), vc, EncodeReport()) for i, e in enumerate(examples())]
+    return [encode(e, i, tokenizer(), vc, EncodeReport()) for i, e in enumerate(examples(same))]
 
 
-def our_loss(cfg: StpConfig, executor=run_reference, m=None, draws=None, lp=None) -> torch.Tensor:
+def our_loss(cfg: StpConfig, executor=run_reference, m=None, draws=None, lp=None, same=False) -> torch.Tensor:
     """The microbatch's STP loss as the trainer computes it (jepa_sum / terms)."""
-    batch = encoded(cfg)
+    batch = encoded(cfg, same)
     plan = build_plan(batch, ViewConfig(labels="upstream", stp=cfg), [])
     if draws is not None:
         plan.stp = stp_plan([e.content_spans for e in batch], cfg, [e.index for e in batch], draws=draws)
@@ -213,6 +215,70 @@ def test_gradients_equal_upstream_computation():
     theirs = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
     m.zero_grad()
     assert rel(ours, theirs) < 1e-4
+
+
+# ---- upstream stp.py itself ------------------------------------------------------------------------
+# First-step jepa_loss printed by upstream stp.py (galilai-group/llm-jepa, --debug 5) on this tiny model
+# (build_default_model(seed=0), saved with save_pretrained) and the bundled sample's first 4 examples
+# ("same": its first example 4 times, so the Trainer's shuffling cannot change which row gets which
+# draw); flags --batch_size 4 --grad_accum 1 --num_epochs 1 --lbd 0.5. Run on this 2-core CPU on
+# 2026-11-24 in a separate venv (transformers 4.55.2, peft 0.17.0, torch 2.13 CPU) with UPSTREAM.md
+# section 7's shims (CPU, float32) and the tokenizer's BOS post-processor removed: upstream tokenizes
+# with add_special_tokens=True, and a second BOS changes the numbers (e2e gave 0.6286445260047913
+# with it). random_span's offsets are upstream's own draws (upstream_stp.upstream_draws: its generator,
+# seeded 42, in its loop order); the linear predictor is initialized as upstream's (seed 42).
+UPSTREAM_RUNS = {
+    "--linear e2e": (StpConfig("e2e"), False, 0.6326548457145691),
+    "--linear mean": (StpConfig("mean"), False, 0.1414492130279541),
+    "--linear curvature": (StpConfig("curvature"), False, 2.073780059814453),
+    "--linear e2e --linear_predictor": (StpConfig("e2e", linear_predictor=True), False, 1.16377592086792),
+    "--linear mean --linear_predictor": (StpConfig("mean", linear_predictor=True), False, 1.004664421081543),
+    "--linear e2e --jepa_mse": (StpConfig("e2e", jepa_mse=True), False, 2.1288626194000244),
+    "--linear mean --random_span_layer -2": (StpConfig("mean", layer=-2), False, 0.3224746584892273),
+    "--linear curvature --random_span_layer 1": (StpConfig("curvature", layer=1), False, 2.0696029663085938),
+    "--linear random_span": (StpConfig("random_span"), True, 1.5275663137435913),
+    "--linear random_span --random_span_times 3 --length_adjustment cosine_like": (
+        StpConfig("random_span", times=3, length_adjustment="cosine_like"),
+        True,
+        1.4727667570114136,
+    ),
+    "--linear random_span --random_span_uniform --length_adjustment jaccard_like --random_span_e2e": (
+        StpConfig("random_span", uniform=True, length_adjustment="jaccard_like", across_gap=True),
+        True,
+        1.788743019104004,
+    ),
+    "--linear random_span --random_span_draw_both --random_span_max_length 5 --random_span_all": (
+        StpConfig("random_span", draw_both=True, max_length=5, all_tokens=True),
+        True,
+        1.5072681903839111,
+    ),
+    "--linear random_span --random_span_zero --jepa_mse --linear_predictor": (
+        StpConfig("random_span", zero=True, jepa_mse=True, linear_predictor=True),
+        True,
+        6.004168510437012,
+    ),
+}
+
+
+def upstream_offsets(cfg: StpConfig, same: bool) -> list[tuple[int, int]]:
+    lengths = []
+    for e in encoded(cfg, same):
+        su, eu, sa, ea = e.content_spans
+        sa = eu if cfg.across_gap else sa
+        su = 1 if cfg.all_tokens else su
+        lengths += [(eu - su) + (ea - sa)] * cfg.times
+    return up.upstream_draws(lengths, 42, cfg.zero, cfg.max_length, cfg.draw_both, cfg.uniform)
+
+
+@pytest.mark.parametrize("flags", list(UPSTREAM_RUNS))
+def test_first_step_loss_equals_upstream_stp_py(flags: str):
+    cfg, same, upstream = UPSTREAM_RUNS[flags]
+    draws = upstream_offsets(cfg, same) if cfg.mode == "random_span" else None
+    lp = attach_linear_predictor(build_default_model(tokenizer(), seed=SEED), 42) if cfg.linear_predictor else None
+    with torch.no_grad():
+        for executor, m in ((run_reference, model()), (run_fast, fast_model())):
+            ours = float(our_loss(cfg, executor, m, draws=draws, lp=lp, same=same))
+            assert abs(ours - upstream) / upstream < REL, (flags, executor.__name__, ours, upstream)
 
 
 # ---- draws ------------------------------------------------------------------------------------------

@@ -132,3 +132,49 @@ def jepa_loss(
         return torch.mean((user - assistant) ** 2)
     cos = F.cosine_similarity(user, assistant, dim=-1)
     return 1.0 - torch.sum(cos * weights) / torch.sum(weights)
+
+
+def upstream_draws(
+    lengths: list[int],
+    seed: int = 42,
+    zero: bool = False,
+    max_length: int = -1,
+    draw_both: bool = False,
+    uniform: bool = False,
+) -> list[tuple[int, int]]:
+    """The offsets upstream's get_s_t draws, in order, from its generator (CPU, seeded seed + 3 * rank,
+    rank 0): one per length given (per example and draw, in upstream's loop order)."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed)
+    out = []
+    for n in lengths:
+        if draw_both:
+            while True:
+                a = torch.randint(0, n, (1,), generator=g)
+                b = torch.randint(1, n + 1, (1,), generator=g)
+                s, t = int(torch.min(a, b)), int(torch.max(a, b))
+                if zero:
+                    s = 0
+                if max_length >= 0 and t - s > max_length:
+                    t = s + max_length
+                if s < t and t - s < n:
+                    break
+        elif uniform:
+            total = n * (n + 1) // 2
+            while True:
+                r = torch.randint(total, (1,), generator=g, dtype=torch.long)
+                two_n_plus_1 = 2 * n + 1
+                s_t = torch.floor((two_n_plus_1 - torch.sqrt(two_n_plus_1**2 - 8 * r.float())) / 2).long()
+                prev = s_t * (2 * n - s_t + 1) // 2
+                s, t = int(s_t), int(s_t + 1 + (r - prev))
+                if t - s < n:
+                    break
+        else:
+            s = 0 if zero else int(torch.randint(0, n, (), generator=g))
+            end_exclusive = n + 1 if max_length < 0 else min(n + 1, s + 1 + max_length)
+            while True:
+                t = int(torch.randint(s + 1, end_exclusive, (), generator=g))
+                if t - s < n:
+                    break
+        out.append((s, t))
+    return out
