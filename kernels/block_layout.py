@@ -118,6 +118,10 @@ class BlockCausalLayout:
             shared_start.long(), shared_end.long(), causal_start.long()
         )
         self._tiles: dict[tuple[int, int], _TileLists] = {}
+        self.build(tiles)
+
+    def build(self, tiles: Iterable[TileShape]) -> None:
+        """Build these (direction, block_m, block_n) lists now, where the layout lives; built ones stay."""
         for direction, block_m, block_n in tiles:
             self.tiles(block_m, block_n).get(direction)
 

@@ -97,10 +97,17 @@ def attention_shape(model: nn.Module) -> AttentionShape:
     return AttentionShape(head_dim, dtype)
 
 
-def triton_attention_shape(model: nn.Module) -> AttentionShape | None:
-    """The model's AttentionShape where the fast path will run the Triton kernel (CUDA), else None (the
-    PyTorch form reads the ranges only). For the collator: which tile lists to build."""
-    return attention_shape(model) if torch.cuda.is_available() else None
+def uses_triton(backend: str | None, device: torch.device) -> bool:
+    """Whether run_fast's attention (`attention=`, None for the per-device choice) runs the Triton kernels."""
+    return backend == "triton" or (backend in (None, "auto") and device.type == "cuda")
+
+
+def triton_attention_shape(model: nn.Module, backend: str | None = None) -> AttentionShape | None:
+    """The model's AttentionShape where the fast path will run the Triton kernels (`backend` as run_fast's
+    `attention`; by default on CUDA), else None (the other backends read the ranges only). For the
+    collator: which tile lists to build."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return attention_shape(model) if uses_triton(backend, device) else None
 
 
 def kernel_tiles(shape: AttentionShape | None) -> "list[TileShape]":
@@ -140,9 +147,11 @@ def run_fast(
     check_attention_is_ours(model)
     backend = attention or attention_backend(device)
     stream = plan.packed if plan.packed is not None else pack_plan(plan)
+    shape = attention_shape(model) if uses_triton(backend, device) else None
     if getattr(stream, "layout", None) is None:  # not packed by the collator: build the layout here, on the host
-        triton = backend == "triton" or (backend == "auto" and device.type == "cuda")
-        stream = host_layout(stream, attention_shape(model) if triton else None)
+        stream = host_layout(stream, shape)
+    elif stream.layout.device.type == "cpu":  # lists the collator was not asked for: built here, still on the host
+        stream.layout.build(kernel_tiles(shape))
     stream = stream.to(device)
     out = model(
         input_ids=stream.input_ids[None],

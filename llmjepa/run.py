@@ -279,6 +279,8 @@ def build_run(args: argparse.Namespace) -> Run:
     prepare_model(args, model)  # STP: --jepa_layer checked, the linear predictor attached (llmjepa/stp.py)
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
+    backend = getattr(args, "attention_backend", None)
+    kernel_shape = triton_attention_shape(model, backend) if args.impl == "fast" else None  # the collator's tile lists
     trainer = JepaTrainer(
         model=model,
         args=training_arguments(args, len(train_set), eval_set is not None, checkpointing),
@@ -290,7 +292,7 @@ def build_run(args: argparse.Namespace) -> Run:
             args.jepa_ratio,
             args.finetune_seed,
             pack=args.impl == "fast",
-            attention=triton_attention_shape(model) if args.impl == "fast" else None,  # tile lists to build
+            attention=kernel_shape,
         ),
         processing_class=tokenizer,
         executor=executor_for(args, tokenizer.pad_token_id),

@@ -30,6 +30,7 @@ CUDA reads no tensor values, so the counter is paused inside the interpreter's l
 
 import contextlib
 import functools
+import importlib
 import os
 import traceback
 from collections import Counter
@@ -174,6 +175,7 @@ def counting(monkeypatch: pytest.MonkeyPatch):
     """The dispatch mode plus wrappers for what does not reach the dispatcher on the CPU (downloads,
     uploads), and the counter paused inside the Triton interpreter's launches."""
     import triton.runtime.interpreter as interpreter
+    from llmjepa_kernels import block_layout
 
     counter = SyncCounter()
 
@@ -228,6 +230,26 @@ def counting(monkeypatch: pytest.MonkeyPatch):
             return launch(self, *args, **kwargs)
 
     monkeypatch.setattr(interpreter.GridExecutor, "__call__", paused_launch)
+
+    # A layout of host ranges is built on the host (run_fast builds the lists a collator was not asked
+    # for before the upload): its factory ops make host tensors, which this counter would take for
+    # device ones. Built from device ranges, the same code counts.
+    get_lists = block_layout._TileLists.get
+
+    def lists_where_built(self, direction):
+        host = not counter.on_device(self._layout.shared_start)
+        with counter.pause() if host else contextlib.nullcontext():
+            return get_lists(self, direction)
+
+    monkeypatch.setattr(block_layout._TileLists, "get", lists_where_built)
+    build_layout = block_layout.BlockCausalLayout.__init__
+
+    def layout_where_built(self, shared_start, *args, **kwargs):
+        host = not counter.on_device(shared_start)
+        with counter.pause() if host else contextlib.nullcontext():
+            build_layout(self, shared_start, *args, **kwargs)
+
+    monkeypatch.setattr(block_layout.BlockCausalLayout, "__init__", layout_where_built)
     with counter:
         yield counter
 
@@ -269,9 +291,13 @@ STEPS = 2
 GRAD_ACCUM = 2
 
 
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+@pytest.mark.parametrize(
+    "checkpointing, collator_tiles",
+    [(False, True), (True, False)],
+    ids=["plain, tile lists from the collator", "checkpointing, tile lists from run_fast on the host"],
+)
 def test_fast_microbatch_has_no_host_device_sync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpointing: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpointing: bool, collator_tiles: bool
 ) -> None:
     argv = ["--batch_size", "1", "--grad_accum", str(GRAD_ACCUM), "--dtype", "float32", "--impl", "fast"]
     argv += ["--lbd", "0.5", "--predictors", "1", "--num_prediction_steps", "2", "--dropout", "0"]
@@ -279,10 +305,11 @@ def test_fast_microbatch_has_no_host_device_sync(
     argv += ["--gradient_checkpointing"] if checkpointing else []
     trainer = build_run(parse_args(argv)).trainer
     # As on CUDA: the Triton attention (here interpreted), the fused pair loss, and the collator building
-    # the layout with the Triton kernels' tile lists (on CUDA run.py asks fast.triton_attention_shape).
+    # the layout with the Triton kernels' tile lists (on CUDA run.py asks fast.triton_attention_shape);
+    # a collator not told the shape leaves the lists to run_fast, which builds them before the upload.
     assert trainer.loss_config.fused_pair_loss
     trainer.executor = partial(run_fast, attention="triton")
-    trainer.data_collator.attention = attention_shape(trainer.model)
+    trainer.data_collator.attention = attention_shape(trainer.model) if collator_tiles else None
     trainer.__class__ = CountedTrainer
     with counting(monkeypatch) as counter:
         counter.mark([*trainer.model.parameters(), *trainer.model.buffers()])
@@ -338,3 +365,53 @@ def test_uploads_go_through_pinned_memory(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append(("to", a, k)) or self)
     to_device(torch.arange(3), torch.device("cuda"))
     assert calls == ["pin", ("to", (torch.device("cuda"),), {"non_blocking": True})]
+
+
+def test_collator_builds_only_the_lists_the_kernels_read(tmp_path: Path) -> None:
+    """Each kernel reads one direction of its tile shape: forward and dQ by query block, dK/dV by key
+    block. The collator builds those and no others; they survive the data loader's pickling (without the
+    tile masks) and the move to a device."""
+    import pickle
+
+    from llmjepa_kernels.block_causal_attention import default_config
+
+    from llmjepa.fast import kernel_tiles
+
+    argv = ["--impl", "fast", "--lbd", "0.5", "--predictors", "1", "--num_prediction_steps", "2"]
+    trainer = build_run(parse_args([*argv, "--output_dir", str(tmp_path)])).trainer
+    shape = attention_shape(trainer.model)
+    collator = trainer.data_collator
+    collator.attention = shape
+    stream = collator([trainer.train_dataset[0], trainer.train_dataset[1]])["plan"].packed
+    config = default_config(shape.head_dim, shape.dtype)
+    wanted = {("by_query", config.forward.block_m, config.forward.block_n)}
+    wanted |= {("by_key", config.dkdv.block_m, config.dkdv.block_n), ("by_query", config.dq.block_m, config.dq.block_n)}
+    assert set(stream.layout.built_tiles()) == wanted == set(kernel_tiles(shape))
+    shipped = pickle.loads(pickle.dumps(stream))
+    assert all(lists._masks is None for lists in shipped.layout._tiles.values())
+    moved = shipped.to(torch.device("meta"))
+    assert moved.input_ids.is_meta and moved.layout.shared_start.is_meta and moved.layout.device.type == "meta"
+    assert set(moved.layout.built_tiles()) == wanted
+    for direction, block_m, block_n in wanted:
+        ours, theirs = shipped.layout.tiles(block_m, block_n).get(direction), stream.layout.tiles(block_m, block_n)
+        assert torch.equal(ours.part_index, theirs.get(direction).part_index)
+        assert moved.layout.tiles(block_m, block_n).get(direction).full_index.is_meta
+
+
+def test_kernel_tiles_on_a_gpu_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With three tile shapes (bf16, head_dim 128 on a GPU), three lists: not both directions of each."""
+    attention = importlib.import_module("llmjepa_kernels.block_causal_attention")  # the package's name is the function
+    from llmjepa_kernels.block_layout import BlockCausalLayout
+
+    from llmjepa.fast import AttentionShape, kernel_tiles
+
+    gpu = attention.AttentionConfig(
+        forward=attention.KernelConfig(128, 64), dkdv=attention.KernelConfig(64, 32), dq=attention.KernelConfig(64, 64)
+    )
+    monkeypatch.setattr(attention, "default_config", lambda head_dim, dtype: gpu)
+    tiles = kernel_tiles(AttentionShape(128, torch.bfloat16))
+    assert tiles == [("by_query", 128, 64), ("by_key", 64, 32), ("by_query", 64, 64)]
+    t = 300
+    no_shared, from_zero = torch.full((t,), -1), torch.zeros(t, dtype=torch.long)
+    causal = BlockCausalLayout(from_zero, no_shared, from_zero, tiles=tiles)
+    assert causal.built_tiles() == tiles
