@@ -421,11 +421,11 @@ _CANDIDATES: dict[tuple[bool, int], list[AttentionConfig]] = {
     ],
     (False, 128): [
         _config((32, 16, 8, 1), (16, 32, 8, 1), (32, 16, 8, 1)),
-        _config((32, 32, 8, 1), (16, 16, 4, 1), (16, 32, 8, 1)),
+        _config((16, 32, 8, 1), (16, 16, 4, 1), (16, 32, 8, 1)),
     ],
     (False, 256): [
         _config((16, 16, 4, 1), (16, 16, 8, 1), (16, 16, 4, 1)),
-        _config((16, 16, 8, 1), (16, 16, 4, 1), (16, 16, 8, 1)),
+        _config((16, 16, 8, 1), (16, 32, 8, 1), (16, 16, 8, 1)),
     ],
 }
 
@@ -436,7 +436,8 @@ def candidate_configs(head_dim: int, dtype: torch.dtype) -> list[AttentionConfig
     Entry i holds the i-th candidate of each kernel; the kernels run apart, so a timing run may pick
     each kernel's best candidate on its own. Every candidate compiles without register spills for
     sm_90, the GPUs the acceptance run times on (`bench/aot_compile.py --arch 90 --configs candidates`,
-    2026-11-24); not all of them for sm_80 (the 16-bit head_dim 256 dQ of entry 1 spills there).
+    2026-11-24, GQA group 1 and 4, fp16/bf16/fp32); not all of them for sm_80 (the 16-bit head_dim 256
+    dQ of entry 1 spills there).
     """
     if interpreted():
         return [default_config(head_dim, dtype)]
