@@ -269,8 +269,10 @@ class JepaTrainer(Trainer):
         sums = s.device_sums
         if sums is None:  # no microbatch ran
             sums = torch.zeros(3, dtype=sum_dtype(self.args.device), device=self.args.device)
-        if world_size() > 1:
-            sums = torch.cat([sums, torch.tensor(counts, dtype=sums.dtype, device=sums.device)])
+        if world_size() > 1:  # the counts join the all-reduce: uploaded without blocking (pinned on CUDA)
+            host = torch.tensor(counts, dtype=sums.dtype)
+            host = host.pin_memory() if sums.device.type == "cuda" else host
+            sums = torch.cat([sums, host.to(sums.device, non_blocking=True)])
             dist.all_reduce(sums)
         norm = grad_norm.detach().reshape(1).to(sums) if isinstance(grad_norm, torch.Tensor) else None
         read = (torch.cat([sums, norm]) if norm is not None else sums).tolist()
