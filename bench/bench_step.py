@@ -33,9 +33,9 @@ How it measures (the defects of the first version fixed, issue 7):
   serve all methods (the weights drift by lr 1e-5 steps: no effect on time). On CPU, torch runs one thread.
 - Memory. CUDA: peak torch.cuda.max_memory_allocated over the method's warm-up (weights, gradients, AdamW
   state, activations). CPU: each method in a fresh process (this script with --memory_probe): the peak
-  resident set (VmHWM, reset through /proc/self/clear_refs after the model is loaded; ru_maxrss where that
-  is refused) minus the resident set after loading the model and the data, over one step on each timed
-  microbatch: gradients, AdamW state and activations.
+  resident set (VmHWM, reset through /proc/self/clear_refs after the model is loaded; not ru_maxrss, which
+  Linux carries over from the parent across fork and exec) minus the resident set after loading the model
+  and the data, over one step on each timed microbatch: gradients, AdamW state and activations.
 - FLOPs: bench/floor.py counts each method's floor from its plans (tokens, LM head at label positions,
   attention over visible pairs; training = 3x forward). Reported beside time and memory: FLOP ratio to
   packed_regular, time ratio, and efficiency = FLOP ratio / time ratio; and computed / visible attention
@@ -61,12 +61,12 @@ import inspect
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import metadata
@@ -522,22 +522,20 @@ def memory_probe(args: argparse.Namespace, setup: dict) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
     release_free_memory()
     baseline = rss_kib("VmRSS")
-    how = "VmHWM after clear_refs" if reset_peak_rss() else "ru_maxrss"
-    start_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss cannot stand in: Linux keeps it across fork and exec, so a probe would report the parent's peak
+    if baseline is None or not reset_peak_rss():
+        return {"error": "no /proc/self/status or clear_refs refused: the peak resident set cannot be reset"}
     try:
         for plan in runner.plans[args.warmup_steps :]:
             train_step(model, optimizer, runner, plan, args.lbd)
     except Exception as err:
         return {"error": failure(err)}
-    peak = rss_kib("VmHWM") if how.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if baseline is None or peak is None:
-        return {"error": "no /proc/self/status: no resident-set figures"}
+    peak = rss_kib("VmHWM")
     return {
         "peak_extra_mib": (peak - baseline) / 1024,
         "baseline_mib": baseline / 1024,
         "peak_mib": peak / 1024,
-        "how": how,
-        "maxrss_before_mib": start_maxrss / 1024,
+        "how": "VmHWM after clear_refs",
         "device": str(device),
     }
 
@@ -575,6 +573,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no_variants", action="store_true", help="only (a)-(e)")
     p.add_argument("--no_memory", action="store_true", help="CPU: skip the fresh-process memory probes")
     p.add_argument("--memory_methods", nargs="+", default=None, help="CPU: probe only these (default: all)")
+    p.add_argument("--probe_workers", type=int, default=3, help="CPU: memory probes run at once")
     p.add_argument("--threads", type=int, default=1, help="CPU: torch threads")
     p.add_argument("--sweep", nargs="+", default=None, metavar=("length|N", "VALUE"), help="scaling table")
     p.add_argument(
@@ -686,10 +685,16 @@ def run_bench(args: argparse.Namespace, setup: dict) -> dict:
     free_memory(device)
     memory = {}
     if device.type == "cpu" and not args.no_memory:
-        for name, runner in runners.items():
-            if runner.error is None and (args.memory_methods is None or name in args.memory_methods):
-                memory[name] = probe_in_fresh_process(name, args)
-                print(f"bench_step: memory {name}: {memory[name]}", file=sys.stderr, flush=True)
+        names = [
+            name
+            for name, runner in runners.items()
+            if runner.error is None and (args.memory_methods is None or name in args.memory_methods)
+        ]
+        # each probe is its own process; memory does not depend on who shares the CPU, so run a few at once
+        with ThreadPoolExecutor(max_workers=args.probe_workers) as pool:
+            for name, result in zip(names, pool.map(lambda n: probe_in_fresh_process(n, args), names)):
+                memory[name] = result
+                print(f"bench_step: memory {name}: {result}", file=sys.stderr, flush=True)
     return build_report(args, setup, memory)
 
 
