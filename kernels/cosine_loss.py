@@ -35,10 +35,7 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # P, Q (and GRAD) are read one scalar per program, so their alignment buys nothing, while index
 # tensors sliced from one pair tensor change alignment with the pair count: no hint, no recompiles.
 # The pair count is the grid; T never reaches the kernels; stride_h and dim are fixed for a model.
-_ONE_SCALAR_POINTERS = ["P", "Q", "GRAD"]
-
-
-@triton.jit(do_not_specialize_on_alignment=_ONE_SCALAR_POINTERS[:2])
+@triton.jit(do_not_specialize_on_alignment=["P", "Q"])
 def _pair_loss_fwd_kernel(
     H, P, Q, LOSS, COS, STATS, stride_h, dim, eps,
     KIND: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -81,7 +78,7 @@ def _pair_loss_fwd_kernel(
     tl.store(STATS + pair * 3 + 2, dist)
 
 
-@triton.jit(do_not_specialize_on_alignment=_ONE_SCALAR_POINTERS)
+@triton.jit(do_not_specialize_on_alignment=["P", "Q", "GRAD"])
 def _pair_loss_bwd_kernel(
     H, P, Q, COS, STATS, GRAD, DH, stride_h, dim, eps, grad_scale,
     KIND: tl.constexpr, BLOCK_D: tl.constexpr,
