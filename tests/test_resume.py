@@ -155,3 +155,40 @@ def test_default_output_dir_is_new_per_run_and_ignored(
     )
     ignored = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().split()
     assert "runs/" in ignored
+
+
+@pytest.mark.slow
+def test_soak_kill_9_and_resume_is_bit_exact(tmp_path: Path) -> None:
+    """bench/soak.py, CI-sized: 200 steps, a checkpoint every 50, three SIGKILLs at seeded random steps,
+    each resumed with 'latest'; the full run (1000 steps) and its result: bench/results/soak.md."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "bench/soak.py", "--steps", "200", "--save_steps", "50", "--kills", "3"]
+    cmd += ["--seed", "1", "--out", str(tmp_path / "soak"), "--no_report"]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert summary["weights_equal"] and summary["every_step_once"] and summary["losses_equal"], summary
+    assert len(summary["cycles"]) == 3
+
+
+def test_resuming_a_finished_epoch_run_trains_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, data: Path
+) -> None:
+    """By epochs (no --max_train_steps): the last checkpoint is the end; resuming trains no extra step."""
+    out = tmp_path / "out"
+    flags = ["--train_file", data, "--regular", "--batch_size", "4", "--grad_accum", "2", "--num_epochs", "2"]
+    rc, _, err = run_cli(capsys, *flags, "--output_dir", out)
+    assert rc == 0, err[-3000:]
+    before = (out / "metrics.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in before.splitlines()] == [1, 2, 3, 4]
+    rc, stdout, err = run_cli(capsys, *flags, "--output_dir", out, "--resume_from_checkpoint", "latest")
+    assert rc == 0, err[-3000:]
+    assert f"llmjepa-train: {out}/checkpoint-4 is step 4 of 4: this run has finished; nothing to train" in stdout
+    assert (out / "metrics.jsonl").read_text() == before and not (out / "checkpoint-5").exists()
+    # more epochs asked for: it trains on from the checkpoint
+    rc, stdout, err = run_cli(capsys, *flags[:-1], "3", "--output_dir", out, "--resume_from_checkpoint", "latest")
+    assert rc == 0, err[-3000:]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
