@@ -429,9 +429,9 @@ def failure(err: BaseException) -> str:
     """One line for the table; the traceback goes to stderr."""
     traceback.print_exception(err, file=sys.stderr)
     if isinstance(err, torch.OutOfMemoryError):
-        return "failed: out of memory"
+        return "out of memory"
     first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-    return f"failed: {type(err).__name__}: {first}"
+    return f"{type(err).__name__}: {first}"
 
 
 def prime_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -548,7 +548,7 @@ def probe_in_fresh_process(name: str, args: argparse.Namespace) -> dict:
         if line.startswith("MEMORY_PROBE "):
             return json.loads(line.removeprefix("MEMORY_PROBE "))
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    return {"error": f"failed: memory probe exited {done.returncode}: {tail}"}
+    return {"error": f"memory probe exited {done.returncode}: {tail}"}
 
 
 # ---- the benchmark -------------------------------------------------------------------------------
