@@ -63,6 +63,7 @@ class StpConfig:
     linear_predictor: bool = False
     lbd_warmup: bool = False
     min_lbd: float = 0.0
+    lbd: float = 0.1  # --lbd, where the warm-up ends
     seed: int = 42
 
 
@@ -348,11 +349,11 @@ def stp_loss_sum(out: Any, plan: Any, model: nn.Module) -> tuple[torch.Tensor, t
     return stp.n_terms * ((1.0 - cos) * weights).sum() / weights.sum(), cos.detach()
 
 
-def lbd_at(cfg: StpConfig, lbd: float, step: int, max_steps: int) -> float:
+def lbd_at(cfg: StpConfig, step: int, max_steps: int) -> float:
     """--lbd_warmup: linear from --min_lbd at step 0 to --lbd at the last step (upstream get_lbd)."""
     if not cfg.lbd_warmup or max_steps <= 1:
-        return lbd
-    return cfg.min_lbd + (lbd - cfg.min_lbd) * step / (max_steps - 1)
+        return cfg.lbd
+    return cfg.min_lbd + (cfg.lbd - cfg.min_lbd) * step / (max_steps - 1)
 
 
 def stp_plan_losses(trainer: Any, model: nn.Module, plan: Any, label_tokens: int, terms: int) -> tuple:
@@ -361,7 +362,8 @@ def stp_plan_losses(trainer: Any, model: nn.Module, plan: Any, label_tokens: int
     out = trainer.executor(model, plan)
     lm = out.ce_sum / max(label_tokens, 1)
     jepa_sum, cos = stp_loss_sum(out, plan, model)
-    lbd = lbd_at(plan.stp.config, cfg.lbd, trainer.state.global_step, trainer.state.max_steps)
+    lbd = lbd_at(plan.stp.config, trainer.state.global_step, trainer.state.max_steps)
+    cfg.lbd = lbd  # the step's record (finish_step) weighs its JEPA loss by the lbd in use
     loss = cfg.gamma * lm + lbd * jepa_sum / max(terms, 1)
     return loss, out.ce_sum, jepa_sum, cos, out.hidden.shape[0]
 
@@ -474,11 +476,26 @@ def add_stp_arguments(parser: Any) -> None:
     g.add_argument(
         "--jepa_layer", "--random_span_layer", dest="jepa_layer", type=int, default=-1, help="hidden_states index"
     )
+    g.add_argument("--random_span_mask", action="store_true", help="refused: no working meaning upstream")
+    g.add_argument("--random_span_mask_recover", action="store_true", help="refused: no working meaning upstream")
+
+
+# Upstream stp.py (6d7d0d1, 2026-02-27) builds the <|mask|> views in forward() but reads them nowhere
+# that runs: without --linear, compute_loss indexes the views before forward() builds them (KeyError);
+# with --linear, the linear branch ignores them (the loss is --linear's alone; only its random_span draws
+# shift). There is no meaning to reproduce, so the flags are refused rather than given one of ours.
+MASK_REFUSED = (
+    "upstream stp.py builds the <|mask|> views but never uses them (a KeyError without --linear; ignored "
+    "with it), so llmjepa has no upstream meaning to reproduce and refuses the flag"
+)
 
 
 def check_stp_args(args: Any) -> None:
     """STP's flags: ranges, and combinations upstream ignores silently or fails on."""
     mode = args.linear
+    masks = [f"--{f}" for f in ("random_span_mask", "random_span_mask_recover") if getattr(args, f)]
+    if masks:
+        raise UserError(f"{', '.join(masks)}: {MASK_REFUSED}")
     if not math.isfinite(args.min_lbd) or args.min_lbd < 0:
         raise UserError(f"--min_lbd {args.min_lbd}: must be a finite number >= 0")
     if args.random_span_times < 1:
@@ -546,5 +563,6 @@ def stp_config(args: Any) -> StpConfig | None:
         linear_predictor=args.linear_predictor,
         lbd_warmup=args.lbd_warmup,
         min_lbd=args.min_lbd,
+        lbd=args.lbd,
         seed=args.finetune_seed,
     )

@@ -322,9 +322,9 @@ def test_draws_depend_on_seed_and_examples_only():
 
 
 def test_lbd_warmup():
-    cfg = StpConfig("e2e", lbd_warmup=True, min_lbd=0.1)
-    assert [lbd_at(cfg, 0.5, s, 5) for s in range(5)] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
-    assert lbd_at(StpConfig("e2e"), 0.5, 3, 5) == 0.5
+    cfg = StpConfig("e2e", lbd_warmup=True, min_lbd=0.1, lbd=0.5)
+    assert [lbd_at(cfg, s, 5) for s in range(5)] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert lbd_at(StpConfig("e2e", lbd=0.5), 3, 5) == 0.5
 
 
 # ---- training: both executors, the linear predictor ----------------------------------------------
@@ -334,6 +334,7 @@ MODES = {
     "e2e": ["--linear", "e2e", "--lbd", "0.5"],
     "mean, linear predictor": ["--linear", "mean", "--lbd", "0.5", "--linear_predictor"],
     "curvature, layer 1, warm-up": ["--linear", "curvature", "--jepa_layer", "1", "--lbd_warmup", "--min_lbd", "0.1"],
+    "mean, warm-up": ["--linear", "mean", "--lbd", "0.7", "--lbd_warmup", "--min_lbd", "0.1"],
     "random_span": [
         "--linear",
         "random_span",
@@ -362,6 +363,11 @@ def test_fast_equals_reference_in_training(tmp_path: Path, mode: str):
         for key in ("loss", "lm_loss", "jepa_loss", "grad_norm"):
             assert parity.rel_diff(x[key], y[key]) < 1e-4, (mode, x["step"], key, x[key], y[key])
     assert len({r["jepa_loss"] for r in fast}) == STEPS  # the weights moved
+    if "--lbd_warmup" in MODES[mode]:  # the record's loss weighs jepa_loss by the step's lbd
+        lbd, low = parse_args(MODES[mode]).lbd, 0.1
+        for r in fast:
+            lbd_t = low + (lbd - low) * (r["step"] - 1) / (STEPS - 1)
+            assert r["loss"] == pytest.approx(r["lm_loss"] + lbd_t * r["jepa_loss"], rel=1e-6)
 
 
 def test_linear_predictor_trains_saves_and_reloads(tmp_path: Path):
@@ -400,6 +406,8 @@ BAD_FLAGS = {
     "lp with lora": (["--linear", "e2e", "--linear_predictor", "--lora"], "--lora"),
     "both draws": (["--linear", "random_span", "--random_span_draw_both", "--random_span_uniform"], "give one"),
     "layer out of range": (["--linear", "e2e", "--jepa_layer", "9"], "--jepa_layer 9"),
+    "mask views": (["--linear", "random_span", "--random_span_mask"], "never uses them"),
+    "mask recover": (["--random_span_mask", "--random_span_mask_recover"], "--random_span_mask_recover"),
 }
 
 
