@@ -363,11 +363,21 @@ def test_fast_equals_reference_in_training(tmp_path: Path, mode: str):
         for key in ("loss", "lm_loss", "jepa_loss", "grad_norm"):
             assert parity.rel_diff(x[key], y[key]) < 1e-4, (mode, x["step"], key, x[key], y[key])
     assert len({r["jepa_loss"] for r in fast}) == STEPS  # the weights moved
+    assert all(f["tokens_run"] == f["tokens"] for f in fast)  # one stream: view 1 alone, no extra token
     if "--lbd_warmup" in MODES[mode]:  # the record's loss weighs jepa_loss by the step's lbd
         lbd, low = parse_args(MODES[mode]).lbd, 0.1
         for r in fast:
             lbd_t = low + (lbd - low) * (r["step"] - 1) / (STEPS - 1)
             assert r["loss"] == pytest.approx(r["lm_loss"] + lbd_t * r["jepa_loss"], rel=1e-6)
+
+
+def test_with_lora_evaluation_and_debug(tmp_path: Path, capsys: pytest.CaptureFixture):
+    data = sample_data_path("train")
+    argv = [*BASE, "--linear", "random_span", "--random_span_times", "2", "--lora", "--lora_rank", "4", "--debug", "1"]
+    argv += ["--data_file", str(data), "--eval_steps", "2", "--max_train_steps", "2", "--output_dir", str(tmp_path)]
+    records = train(parse_args(argv)).history
+    assert len(records) == 2 and all(r["pairs"] == 2 * 2 * 2 and r["jepa_loss"] > 0 for r in records)
+    assert "[debug] pairs: 4" in capsys.readouterr().out
 
 
 def test_linear_predictor_trains_saves_and_reloads(tmp_path: Path):
