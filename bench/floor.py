@@ -271,7 +271,8 @@ def triton_tiles(head_dim: int, dtype: torch.dtype) -> list[tuple[int, int]]:
 def floor_table(
     shape: ModelShape, data: Path, argv: list[str], batch_size: int, microbatches: int
 ) -> tuple[dict, list[str]]:
-    """Floor of (a)-(e) for the mode of `argv` (llmjepa-train flags) over the first microbatches of data."""
+    """Floor of (a)-(e) for the mode of `argv` (llmjepa-train flags) over the first microbatches of data.
+    The fast methods are packed by the trainer's collator, as in training."""
     from llmjepa.cli import parse_args
     from llmjepa.collate import ViewCollator
     from llmjepa.data import load_examples
@@ -288,15 +289,22 @@ def floor_table(
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, k + 1)])
     regular = ViewCollator(_replace(cfg, regular=True), predictor_ids, pack=True)
     jepa = ViewCollator(cfg, predictor_ids, pack=True)
+    isolated = None  # (e): --isolated_predictors --no_localized_masks, multi-step modes of a checkout that has it
+    if cfg.num_prediction_steps > 0 and "isolated_predictors" in type(cfg).__dataclass_fields__:
+        changes = {"isolated_predictors": True, "localized_masks": False}
+        isolated = ViewCollator(_replace(cfg, **changes), predictor_ids, pack=True)
     totals: dict[str, Work] = {}
     for batch in batches:
         plan_r, plan_j = regular(batch)["plan"], jepa(batch)["plan"]
-        for name, work in (
+        works = [
             ("upstream_regular", rows_floor(plan_r)),
             ("packed_regular", stream_floor(plan_r.packed)),
             ("upstream_jepa", rows_floor(plan_j)),
             ("fast_jepa", stream_floor(plan_j.packed)),
-        ):
+        ]
+        if isolated is not None:
+            works.append(("fast_isolated", stream_floor(isolated(batch)["plan"].packed)))
+        for name, work in works:
             totals[name] = totals.get(name, Work(0, 0, 0)) + work
     base = totals["packed_regular"].train_flops(shape)
     report = {
@@ -344,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--microbatches", type=int, default=8)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--md", type=Path, default=None)
     args = p.parse_args(ours)
     shape = load_shape(args.model)
     print(f"{args.model}: LM head / all layers FLOPs per token {shape.head_to_layers_ratio:.3f}")
@@ -351,6 +360,13 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.md:
+        title = (
+            f"### FLOP floor, {args.model} shape (LM head / layers {shape.head_to_layers_ratio:.3f}), "
+            f"{args.data.name}, batch {args.batch_size}, {report['microbatches']} microbatches, flags: "
+            f"{json.dumps(theirs)}"
+        )
+        args.md.write_text("\n".join([title, "", *lines]) + "\n")
     return report
 
 
