@@ -735,6 +735,8 @@ def add_ratios(methods: dict) -> None:
         if record.get("median_ms") is None or base.get("median_ms") is None:
             continue
         record["time_ratio"] = record["median_ms"] / base["median_ms"]
+        # paired per round (both met the same load): their spread says how far the shared CPU moved the ratio
+        record["round_time_ratios"] = [a / b for a, b in zip(record["round_ms"], base["round_ms"])]
         record["flop_ratio"] = record["floor"]["train_flops_per_step"] / base["floor"]["train_flops_per_step"]
         record["efficiency"] = record["flop_ratio"] / record["time_ratio"]
         if record.get("peak_memory_mib") is not None and base.get("peak_memory_mib"):
@@ -844,7 +846,13 @@ def markdown(report: dict) -> str:
         for name, r in report["methods"].items()
         if r.get("round_ms")
     ]
+    paired = [
+        f"{name} {min(r['round_time_ratios']):.2f}-{max(r['round_time_ratios']):.2f}"
+        for name, r in report["methods"].items()
+        if r.get("round_time_ratios") and name != BASELINE
+    ]
     lines += ["", "Per-round ms/step (min-max): " + ", ".join(spread)]
+    lines += ["", "Per-round time ratio to packed_regular, same round (min-max): " + ", ".join(paired)]
     lines += [f"First-step loss, relative difference {k}: {fmt(v, '.1e')}" for k, v in report["loss_agreement"].items()]
     waste = report["attention_computed_over_visible"]
     if waste:
