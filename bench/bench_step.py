@@ -46,8 +46,8 @@ MLP 2048, vocab 8192, tied head) whose LM-head-to-layers FLOP ratio matches Llam
 CPU; `llama-1b`, Llama-3.2-1B's shape (random weights, bf16 on CUDA); both on gsm8k_test.jsonl from
 ../shared/datasets (or ./shared/datasets on a device machine) with "\\n" as the step separator, tokenized
 with the embedded tiny tokenizer (the only one offline); `tiny`, the embedded tiny model on the bundled
-sample (CI). --sweep length L...: gsm8k examples concatenated (questions joined, answers joined by "\\n",
-consecutive examples until the view 1 reaches L tokens) and truncated to exactly L. Results:
+sample (CI). --sweep length L...: gsm8k examples of exactly L view-1 tokens: one question, then the answers of
+consecutive examples joined by "\\n" until view 1 reaches L tokens, truncated to L. Results:
 --out_dir/step_<name>.json and .md (and sweep_<what>.json and .md).
 """
 
@@ -281,22 +281,32 @@ def set_attention(model: torch.nn.Module, packed: bool) -> None:
 
 
 # ---- data and plans ------------------------------------------------------------------------------
+MIN_ANSWER_TOKENS = 64  # --concatenate: an example whose prompt leaves fewer answer tokens is passed over
+
+
 def concatenated(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, count: int) -> list:
-    """`count` examples of at least cfg.max_length view-1 tokens: consecutive gsm8k examples joined (the
-    questions by a space, the answers by the step separator), cycling through the file."""
-    out, i = [], 0
+    """`count` examples of at least cfg.max_length view-1 tokens: one gsm8k question, then the answers of
+    consecutive examples joined by the step separator; a question whose prompt leaves fewer than
+    MIN_ANSWER_TOKENS before max_length is passed over."""
+
+    def length(messages: list[dict]) -> int:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    out, i, tried = [], 0, 0
     while len(out) < count:
-        system, questions, answers = examples[i % len(examples)].messages[0], [], []
+        prompt = examples[i % len(examples)].messages[:-1]
+        answers, i, tried = [], i + 1, tried + 1
+        if tried > 10 * len(examples):
+            raise UserError(f"--concatenate: no question leaves {MIN_ANSWER_TOKENS} tokens of {cfg.max_length}")
+        if length(prompt) > cfg.max_length - MIN_ANSWER_TOKENS:
+            continue
         while True:
-            messages = examples[i % len(examples)].messages
-            questions.append(messages[-2]["content"])
-            answers.append(messages[-1]["content"])
-            i += 1
-            joined = [system, {"role": "user", "content": " ".join(questions)}]
-            joined.append({"role": "assistant", "content": cfg.step_separator.join(answers)})
-            text = tokenizer.apply_chat_template(joined, tokenize=False)
-            if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= cfg.max_length:
+            answers.append(examples[(i + len(answers)) % len(examples)].messages[-1]["content"])
+            joined = prompt + [{"role": "assistant", "content": cfg.step_separator.join(answers)}]
+            if length(joined) >= cfg.max_length:
                 break
+        i += len(answers)
         out.append(Example(messages=joined, source=f"concatenated gsm8k #{len(out)}"))
     return out
 
