@@ -28,7 +28,7 @@ class Example:
 
 def parse_line(text: str, path: Path, line: int) -> Example:
     try:
-        obj = json.loads(text)
+        obj = json.loads(text.rstrip("\r\n"))  # an error at the line's end names its column, not line 2 column 1
     except json.JSONDecodeError as e:
         raise located(path, line, f"malformed JSON ({e.msg} at column {e.colno})") from None
     return parse_object(obj, path, line)

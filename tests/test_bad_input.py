@@ -424,13 +424,14 @@ def test_separator_warning_names_the_separators_found_and_the_flag(
 
 def test_truncation_warning_is_ours_alone(tmp_path: Path) -> None:
     """transformers' "will result in indexing errors" would contradict our truncation: not printed."""
-    long_user = {"role": "user", "content": "What is " + " + ".join(["1"] * 3000) + "?"}
-    data = write_jsonl(tmp_path / "long.jsonl", [GOOD] * 3 + [conversation(long_user, ANSWER)])
-    cmd = [sys.executable, "train.py", "--train_file", str(data), "--max_length", "8192", "--regular"]
+    long_answer = {"role": "assistant", "content": " + ".join(["1"] * 1000)}  # 3000 tokens: over the tokenizer's 2048
+    data = write_jsonl(tmp_path / "long.jsonl", [GOOD] * 3 + [conversation(USER, long_answer)])
+    cmd = [sys.executable, "train.py", "--train_file", str(data), "--max_length", "512", "--regular"]
     cmd += ["--output_dir", str(tmp_path / "out"), *TRAIN]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"llmjepa-train: warning: {data}: 1 of 4 examples longer than --max_length 512, truncated" in result.stdout
     assert "indexing errors" not in result.stderr + result.stdout
     assert "sequence length is longer" not in result.stderr + result.stdout
 
