@@ -93,3 +93,51 @@ def test_memory_probe_measured(outputs: tuple[Path, dict]) -> None:
     probed = [r for r in report["methods"].values() if r.get("memory_probe")]
     assert probed and all(r["peak_memory_mib"] > 0 for r in probed if "error" not in r["memory_probe"])
     assert report["methods"]["packed_regular"]["memory_ratio"] == pytest.approx(1.0)
+
+
+class CompileError(Exception):
+    """Stands for Triton's compile and resource errors, which derive from Exception, not RuntimeError."""
+
+
+def test_a_failing_method_is_recorded_and_the_others_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_bench()
+    real = bench.executor
+
+    def executor(method, pad_token_id):
+        if method.name != "fast_jepa":
+            return real(method, pad_token_id)
+
+        def broken(model, plan):
+            raise CompileError("out of resource: shared memory")
+
+        return broken
+
+    monkeypatch.setattr(bench, "executor", executor)
+    argv = ["--config", "tiny", "--rounds", "1", "--microbatches", "1", "--warmup", "1", "--no_memory"]
+    report = bench.main([*argv, "--methods", "fast_jepa", "fast_isolated", "--out_dir", str(tmp_path)])
+    m = report["methods"]
+    assert m["fast_jepa"]["status"] == "failed" and "CompileError: out of resource" in m["fast_jepa"]["reason"]
+    assert m["packed_regular"]["status"] == "ok" and m["fast_isolated"]["status"] == "ok"
+    assert "| (d) fast_jepa | failed: CompileError" in (tmp_path / "step_tiny.md").read_text()
+
+
+def test_concatenated_examples_have_the_asked_length() -> None:
+    bench = load_bench()
+    from llmjepa.model import load_tokenizer
+    from llmjepa.views import ViewConfig
+
+    tokenizer = load_tokenizer("llmjepa/tiny-llama")
+    cfg = ViewConfig(num_prediction_steps=2, predictors=1, step_separator="\n", max_length=300)
+    batches, stats = bench.load_microbatches(tokenizer, cfg, bench.sample_data_path("train"), 2, 2, concat=True)
+    assert stats["mean_view1_length"] == stats["max_view1_length"] == 300
+    assert all(len(e.boundaries) == 3 for batch in batches for e in batch)  # N = 2: two steps and the end
+
+
+def test_strip_sweep() -> None:
+    strip = load_bench().strip_sweep
+    assert strip(["--config", "proxy", "--sweep", "N", "1", "2", "--rounds", "1"]) == [
+        "--config",
+        "proxy",
+        "--rounds",
+        "1",
+    ]
