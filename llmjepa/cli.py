@@ -330,7 +330,9 @@ def attention_backend_choice(args: argparse.Namespace) -> str | None:
     if chosen is None:
         return "triton" if cuda else "torch"
     if chosen == "flex" and not cuda:
-        raise UserError("--attention_backend flex trains on CUDA only: torch's FlexAttention has no backward on the CPU")
+        raise UserError(
+            "--attention_backend flex trains on CUDA only: torch's FlexAttention has no backward on the CPU"
+        )
     if chosen == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise UserError("--attention_backend triton needs CUDA (or the Triton interpreter: TRITON_INTERPRET=1)")
     return chosen
