@@ -86,11 +86,13 @@ def test_nothing_else_equals_the_explicit_assembly(tmp_path: Path, view_config: 
 
 def test_a_datasets_dataset(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets", reason="datasets is not installed (pip install datasets)")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows()), encoding="utf-8")
     tokenizer = load_tokenizer("llmjepa/tiny-llama")
     trainer = JepaTrainer(
         model=load_model("llmjepa/tiny-llama", tokenizer),
         args=training_args(tmp_path),
-        train_dataset=datasets.Dataset.from_list(rows()),
+        train_dataset=datasets.load_dataset("json", data_files=str(data), cache_dir=str(tmp_path / "cache"))["train"],
         processing_class=tokenizer,
         loss_config=LossConfig(lbd=0.1),
     )
