@@ -173,3 +173,29 @@ def test_fast_executor_refuses_another_attention() -> None:
     plan = build_plan(encoded, cfg, tokenizer.convert_tokens_to_ids(["<|predictor_1|>"]))
     with torch.no_grad(), pytest.raises(ValueError, match="attention implementation is 'sdpa', not 'llmjepa_block"):
         run_fast(model, plan)
+
+
+def test_non_finite_loss_stops_the_library_run(tmp_path: Path) -> None:
+    """trainer.train() raises NonFiniteLoss at the first non-finite step, before its update."""
+    from llmjepa.errors import NonFiniteLoss
+
+    tokenizer = build_default_tokenizer()
+    model = build_default_model(tokenizer)
+    calls = [0]
+
+    def executor(model: torch.nn.Module, plan: object) -> object:
+        calls[0] += 1
+        out = run_reference(model, plan, pad_token_id=tokenizer.pad_token_id)
+        if calls[0] >= 2:
+            out.ce_sum = out.ce_sum * float("nan")
+        return out
+
+    trainer = JepaTrainer(
+        model=model, args=training_args(tmp_path), train_dataset=rows(), processing_class=tokenizer, executor=executor
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(NonFiniteLoss, match=r"^step 2: loss = nan, lm_loss = nan") as e:
+        trainer.train()
+    assert e.value.step == 2 and e.value.record["loss"] is None
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())  # step 1 was applied
