@@ -370,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         prefix = "error: " if e.exit_code == EXIT_NOT_FINITE else ""
         print(f"llmjepa-train: {prefix}{e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:  # Ctrl-C before training started (during training a handler takes it)
-        print("\nllmjepa-train: interrupted before training started; nothing saved", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C while loading or writing the final files (during training a handler takes it)
+        print("\nllmjepa-train: interrupted outside a training step; nothing saved by this stop", file=sys.stderr)
         return EXIT_SIGINT
     exit_torchrun_worker()
     return 0

@@ -132,3 +132,21 @@ def test_resuming_a_finished_run_trains_nothing(data: Path, uninterrupted: Path,
     ), result.stdout
     assert (out / "metrics.jsonl").read_text() == before
     assert not (out / f"checkpoint-{STEPS + 1}").exists()
+
+
+def test_ctrl_c_while_loading_exits_130_without_traceback(tmp_path: Path) -> None:
+    """Ctrl-C once the run has started (its output folder printed) but before training: one line, exit 130."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "train.py", "--num_prediction_steps", "2", "--predictors", "1", "--output_dir", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    first = proc.stdout.readline()
+    assert first == f"llmjepa-train: output in {out}\n", first
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    # almost always still loading; on a fast machine training may have begun, and the step-end stop answers
+    assert last == "llmjepa-train: interrupted outside a training step; nothing saved by this stop" or last.startswith(
+        "llmjepa-train: stopped by SIGINT after step "
+    ), last
