@@ -25,6 +25,8 @@ JEPA_ONLY_FLAGS = (
     "front_pred",
     "reverse_pred",
     "isolated_predictors",
+    "view_based_jepa",
+    "entropy_filter",
 )
 
 
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="(the default) the answer's end is the last target",
     )
     steps.add_argument("--omit_last_step_target", dest="include_last_step_target", action="store_false")
+    steps.add_argument("--view_based_jepa", action="store_true", help="N = 1: user turn's end -> the answer's end")
+    steps.add_argument("--unmask_user", action="store_true", help="LM loss on the user content too")
+    steps.add_argument("--entropy_filter", action="store_true", help="per example, the top-k pairs by entropy")
+    steps.add_argument("--entropy_top_k", type=int, default=2, help="pairs --entropy_filter keeps per example")
+    steps.add_argument("--entropy_context_window", type=int, default=2, help="tokens each side of a boundary")
     p.set_defaults(localized_masks=True, include_last_step_target=True)
     ours = p.add_argument_group("llmjepa")
     ours.add_argument(
@@ -169,6 +176,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--eval_split splits --data_file; with --train_file use --eval_file")
     args.eval_split = 0.2 if args.eval_split is None else args.eval_split
     check_numbers(args)
+    check_fork_extras(args)
     if args.num_prediction_steps > 0:
         bad = [f"--{f}" for f in ("additive_mask", "front_pred", "reverse_pred") if getattr(args, f)]
         if bad:
@@ -182,9 +190,34 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--step_separator must not be empty")
     from .stp import check_stp_args
 
-    check_stp_args(args)
+    layer, args.jepa_layer = args.jepa_layer, args.jepa_layer if args.linear else -1
+    check_stp_args(args)  # its STP-only list still names --jepa_layer, which every view mode reads now
+    args.jepa_layer = layer
+    if args.regular and args.jepa_layer != -1:
+        raise UserError("--regular trains without views; --jepa_layer chooses the layer the views read")
     check_paths(args)
     return args
+
+
+def check_fork_extras(args: argparse.Namespace) -> None:
+    """The Step-JEPA fork's --view_based_jepa (its N = 1) and --entropy_filter's numbers."""
+    if args.view_based_jepa:
+        if args.num_prediction_steps > 1:
+            raise UserError(
+                "--view_based_jepa has one pair (user end -> answer end); it contradicts --num_prediction_steps > 1"
+            )
+        args.num_prediction_steps = 1
+    if args.entropy_filter:
+        if args.num_prediction_steps < 2:
+            raise UserError("--entropy_filter chooses among step pairs: it needs --num_prediction_steps >= 2")
+        if args.entropy_top_k < 1 or args.entropy_context_window < 0:
+            raise UserError("--entropy_top_k must be >= 1 and --entropy_context_window >= 0")
+    elif args.entropy_top_k != 2 or args.entropy_context_window != 2:
+        raise UserError("--entropy_top_k and --entropy_context_window apply to --entropy_filter")
+    if args.unmask_user and (args.train_all or args.upstream_labels):
+        raise UserError(
+            "--unmask_user adds the user content to the answer's labels; --train_all/--upstream_labels train all"
+        )
 
 
 SEED_RANGE = (0, 2**32 - 1)  # numpy's, which transformers.set_seed seeds too

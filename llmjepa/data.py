@@ -20,18 +20,40 @@ ROLE_ORDERS = (("system", "user", "assistant"), ("user", "assistant"))
 class Example:
     messages: list[dict]
     source: str  # "file:line", for messages about this example
+    text_view: list[dict] | None = None  # hellaswag files: the Text view's messages (field "text")
+    code_view: list[dict] | None = None  # and the Code view's (field "code")
 
     @property
     def assistant(self) -> str:
         return self.messages[-1]["content"]
 
 
-def parse_line(text: str, path: Path, line: int) -> Example:
+def parse_line(text: str, path: Path, line: int, view_fields: bool = False) -> Example:
     try:
         obj = json.loads(text.rstrip("\r\n"))  # an error at the line's end names its column, not line 2 column 1
     except json.JSONDecodeError as e:
         raise located(path, line, f"malformed JSON ({e.msg} at column {e.colno})") from None
-    return parse_object(obj, path, line)
+    example = parse_object(obj, path, line)
+    if view_fields:
+        example.text_view, example.code_view = (view_messages(obj, name, path, line) for name in ("text", "code"))
+    return example
+
+
+def has_view_fields(path: Path) -> bool:
+    """Upstream finetune.py takes Text and Code from the fields "text" and "code" of hellaswag files (its
+    test: the path given starts with "hellaswag"; here the file's name does)."""
+    return path.name.startswith("hellaswag")
+
+
+def view_messages(obj: dict, name: str, path: Path, line: int) -> list[dict]:
+    """A hellaswag view: a non-empty list of messages; upstream appends the predictors to the first."""
+    messages = obj.get(name)
+    if not isinstance(messages, list) or not messages:
+        raise located(path, line, f'hellaswag file: expected a "{name}" list of messages (the {name} view)')
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise located(path, line, f'"{name}" message {k} needs string "role" and "content"')
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def examples_from_records(records: Iterable[Any], name: str = "train_dataset") -> list[Example]:
@@ -68,6 +90,7 @@ def load_examples(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     examples = []
+    view_fields = has_view_fields(path)
     with path.open("rb") as f:  # bytes, so that a decoding error can name its line
         for line, raw in enumerate(f, start=1):
             try:
@@ -76,7 +99,7 @@ def load_examples(path: str | Path) -> list[Example]:
                 bad = f"byte 0x{raw[e.start]:02x} at byte {e.start + 1}"
                 raise located(path, line, f"not valid UTF-8 ({bad})") from None
             if text.strip():
-                examples.append(parse_line(text, path, line))
+                examples.append(parse_line(text, path, line, view_fields))
     if not examples:
         raise UserError(f"{path}: no examples")
     return examples

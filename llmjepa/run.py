@@ -48,6 +48,11 @@ def view_config(args: argparse.Namespace) -> ViewConfig:
         labels=labels,
         max_length=args.max_length,
         stp=stp_config(args),
+        view_based_jepa=args.view_based_jepa,
+        unmask_user=args.unmask_user,
+        entropy_top_k=args.entropy_top_k if args.entropy_filter else 0,
+        entropy_window=args.entropy_context_window,
+        jepa_layer=args.jepa_layer if args.linear is None else -1,  # STP reads its layer itself (stp.py)
     )
 
 
@@ -79,6 +84,20 @@ def same_flop_epochs(args: argparse.Namespace) -> int:
     if is_main_process():
         print(f">>>>> --same_flop is active: {args.num_epochs} epochs -> {epochs}")
     return epochs
+
+
+def same_flop_save_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:
+    """Upstream --same_flop also divides the checkpoint interval (an epoch's steps) by the views' cost, as
+    it rounds: int(s / (1 + r)), s // 2, s // 3; at least 1 here (the Trainer refuses 0)."""
+    if args.jepa_ratio > 0:
+        steps = int(steps_per_epoch / (1 + args.jepa_ratio))
+    elif args.additive_mask:
+        steps = steps_per_epoch // 2
+    elif not args.regular:
+        steps = steps_per_epoch // 3
+    else:
+        steps = steps_per_epoch
+    return max(1, steps)
 
 
 def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
@@ -158,7 +177,7 @@ def training_arguments(
         report_to="none",
         logging_steps=args.logging_steps,
         save_strategy="steps",
-        save_steps=args.save_steps if args.save_steps > 0 else steps_per_epoch,
+        save_steps=args.save_steps if args.save_steps > 0 else save_interval(args, steps_per_epoch),
         save_total_limit=max(1, 4 * args.num_epochs),
         eval_strategy="steps" if has_eval else "no",
         eval_steps=args.eval_steps if has_eval else None,
@@ -168,6 +187,11 @@ def training_arguments(
         use_cpu=not torch.cuda.is_available(),
         bf16=False,  # the weights carry the dtype (--dtype), as upstream's bf16 weights do
     )
+
+
+def save_interval(args: argparse.Namespace, steps_per_epoch: int) -> int:
+    """Checkpoint every epoch, or with --same_flop every epoch's steps over the views' cost (upstream)."""
+    return same_flop_save_steps(args, steps_per_epoch) if args.same_flop else steps_per_epoch
 
 
 def resume_point(args: argparse.Namespace) -> str | None:
@@ -252,8 +276,13 @@ def register_fast_attention() -> str:
 
 def executor_for(args: argparse.Namespace, pad_token_id: int) -> Executor:
     if args.impl == "fast":  # --attention_backend: resolved by cli.check_args (None: run_fast's per-device choice)
-        return partial(run_fast, pad_token_id=pad_token_id, attention=getattr(args, "attention_backend", None))
-    return partial(run_reference, pad_token_id=pad_token_id)
+        executor = partial(run_fast, pad_token_id=pad_token_id, attention=getattr(args, "attention_backend", None))
+    else:
+        executor = partial(run_reference, pad_token_id=pad_token_id)
+    cfg = view_config(args)
+    if cfg.entropy_top_k or cfg.jepa_layer != -1:  # what the pairs read: views.ViewReadout
+        return ViewReadout(executor, cfg.jepa_layer)
+    return executor
 
 
 def fused_pair_loss(args: argparse.Namespace) -> bool:
@@ -277,6 +306,8 @@ def build_run(args: argparse.Namespace) -> Run:
     check_enough(train_set, args.batch_size, source)
     model = load_model_from_args(args, tokenizer, dtype)
     prepare_model(args, model)  # STP: --jepa_layer checked, the linear predictor attached (llmjepa/stp.py)
+    if cfg.jepa_layer != -1:
+        check_layer(model, cfg.jepa_layer)
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     backend = getattr(args, "attention_backend", None)

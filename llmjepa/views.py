@@ -16,12 +16,20 @@ Modes (see docs/views.md for the pictures):
 - --isolated_predictors (multi-step only; a variant, not upstream's): each group of K predictors is a
   side branch of view 1 after b_k, seen by no other token; targets come from the localized target
   row, or from view 1 itself with --no_localized_masks.
+- the Step-JEPA fork's extras: --view_based_jepa (N = 1, boundaries = the end of the user turn and the
+  end of the answer), --unmask_user (LM labels on the user content too), --entropy_filter (per example,
+  the top-k pairs by view 1's next-token entropy around their predictor boundary: the plan carries every
+  pair and the entropy reads, `EntropyPlan`; `ViewReadout` chooses after the forward).
 """
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .data import Example
@@ -49,10 +57,27 @@ class ViewConfig:
     labels: str = "assistant"  # assistant | all | upstream
     max_length: int = 512
     stp: Any = None  # --linear: stp.StpConfig; the plan is view 1 alone, with STP's terms (llmjepa/stp.py)
+    view_based_jepa: bool = False  # fork: N = 1 with boundaries [end of the user turn, end of the answer]
+    unmask_user: bool = False  # fork: LM labels on the user content as well as the answer
+    entropy_top_k: int = 0  # fork --entropy_filter: keep this many pairs per example (0: every pair)
+    entropy_window: int = 2  # tokens each side of a boundary whose entropies count
+    jepa_layer: int = -1  # hidden_states index the pairs read (-1: the last, after the final norm)
 
     def __post_init__(self) -> None:
         if self.isolated_predictors and not self.multi_step:
             raise UserError(ISOLATED_NEEDS_STEPS)
+        if self.view_based_jepa and self.num_prediction_steps != 1:
+            raise UserError("--view_based_jepa has one pair (user end -> answer end): --num_prediction_steps 1")
+        if self.entropy_top_k and self.num_prediction_steps < 2:
+            raise UserError("--entropy_filter chooses among step pairs: it needs --num_prediction_steps >= 2")
+        if self.entropy_top_k < 0 or self.entropy_window < 0:
+            raise UserError("--entropy_top_k must be >= 1 and --entropy_context_window >= 0")
+        if self.plain and self.labels == "all" and (self.multi_step or self.stp is not None):
+            raise UserError(
+                "--plain --train_all trains on the user text alone: view 1 holds no answer to find steps in"
+            )
+        if self.unmask_user and self.labels != "assistant":
+            raise UserError(f"--unmask_user adds the user content to the answer's labels; labels {self.labels!r}")
 
     @property
     def multi_step(self) -> bool:
@@ -85,6 +110,7 @@ class Encoded:
     truncated: bool = False
     fallback: bool = False  # multi-step: no separator in the answer
     content_spans: tuple = ()  # STP: (s_u, e_u, s_a, e_a), the user and assistant contents in view 1
+    user_end: int = -1  # --view_based_jepa: the user turn's end-of-turn token (first token after its content)
 
 
 @dataclass
@@ -119,6 +145,13 @@ def predictor_string(k: int, front: bool) -> str:
     return "".join(f"<|predictor_{j}|>" for j in order)
 
 
+def template_options(tokenizer: PreTrainedTokenizerBase) -> dict:
+    """Chat-template options: enable_thinking=False where the template reads it (Qwen3), so that the
+    answer follows the empty think block of the generation prompt instead of holding it."""
+    template = getattr(tokenizer, "chat_template", None)
+    return {"enable_thinking": False} if isinstance(template, str) and "enable_thinking" in template else {}
+
+
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], cfg: ViewConfig, generation_prompt: bool) -> str:
     if cfg.plain:
         # upstream --plain: no template; user <|perception|> assistant <|eot_id|>
@@ -126,7 +159,9 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], cfg: ViewCo
             m["content"] + ("<|perception|>" if m["role"] == "user" else "") for m in messages if m["role"] != "system"
         )
         return text if generation_prompt else text + "<|eot_id|>"
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt, **template_options(tokenizer)
+    )
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str, cfg: ViewConfig) -> list[int]:
@@ -153,6 +188,52 @@ def end_of_turn_index(
     return after[0] if after else n - 1
 
 
+def first_token_after(tokenizer: PreTrainedTokenizerBase, text: str, end: int, cfg: ViewConfig) -> int | None:
+    """Index of the first token of `text` that starts at or after character `end` (None if none)."""
+    enc = tokenizer(text, add_special_tokens=cfg.plain, return_offsets_mapping=True)
+    after = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a >= end and b > a]
+    return after[0] if after else None
+
+
+def user_end_index(
+    tokenizer: PreTrainedTokenizerBase, full_text: str, prompt_text: str, messages: list[dict], cfg
+) -> int:
+    """--view_based_jepa's first boundary: the user turn's end-of-turn token, the first token after the
+    user content (the fork's `len(user_only_ids) - 1`, the last token of [system, user] rendered: the
+    same token for Llama-3; this form also finds Qwen's <|im_end|> rather than the "\n" after it)."""
+    content = messages[-2]["content"].strip()
+    start = prompt_text.rfind(content)
+    if tokenizer.is_fast and start >= 0:
+        found = first_token_after(tokenizer, full_text, start + len(content), cfg)
+        if found is not None:
+            return found
+    return len(tokenize(tokenizer, render(tokenizer, messages[:-1], cfg, generation_prompt=False), cfg)) - 1
+
+
+def decoded_match(tokenizer: PreTrainedTokenizerBase, ids: list[int], content: str) -> tuple[int, int] | None:
+    """[start, end) of the first place where the content's own tokens appear in ids, compared token by
+    token as decoded text (the fork's create_masked_labels), or None."""
+    want = [tokenizer.decode([t]) for t in tokenizer.encode(content, add_special_tokens=False)]
+    have = [tokenizer.decode([t]) for t in ids]
+    n = len(want)
+    for i in range(len(have) - n + 1):
+        if have[i : i + n] == want:
+            return i, i + n
+    return None
+
+
+def unmask_user_labels(tokenizer: PreTrainedTokenizerBase, enc: "Encoded", user: str) -> None:
+    """--unmask_user (fork): the user content's tokens are trained too (not its template tokens)."""
+    found = decoded_match(tokenizer, enc.input_ids, user)
+    if found is None:
+        raise UserError(
+            f"{enc.source}: --unmask_user: the user content's tokens are not found in the conversation (cut by "
+            "--max_length, or merged with template text by the tokenizer)"
+        )
+    for i in range(*found):
+        enc.labels[i] = enc.input_ids[i]
+
+
 def view1_messages(messages: list[dict], cfg: ViewConfig) -> list[dict]:
     if cfg.merge_system and messages[0]["role"] == "system":
         user = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
@@ -168,7 +249,21 @@ def single_message_text(tokenizer: PreTrainedTokenizerBase, message: dict, cfg: 
     if cfg.plain:
         return content
     role = "user" if cfg.merge_system else message["role"]  # Gemma's template has no lone assistant turn
-    return tokenizer.apply_chat_template([{"role": role, "content": content}], tokenize=False)
+    return tokenizer.apply_chat_template(
+        [{"role": role, "content": content}], tokenize=False, **template_options(tokenizer)
+    )
+
+
+def field_view_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict], cfg: ViewConfig, predictors: str) -> str:
+    """A hellaswag file's Text or Code view: its own messages through the template as they are (upstream:
+    no role renamed), the predictors added to the first message's content (--plain: that content alone)."""
+    messages = [dict(m) for m in messages]
+    if predictors:
+        first = messages[0]["content"]
+        messages[0]["content"] = predictors + first if cfg.front_pred else first + predictors
+    if cfg.plain:
+        return messages[0]["content"]
+    return tokenizer.apply_chat_template(messages, tokenize=False, **template_options(tokenizer))
 
 
 def view1_labels(ids: list[int], start: int, end: int, cfg: ViewConfig, pad_token_id: int) -> list[int]:
@@ -198,12 +293,19 @@ def step_boundaries(ids: list[int], a_start: int, a_end: int, sep_ids: frozenset
     return shifted, len(found)
 
 
+def pretraining(cfg: ViewConfig) -> bool:
+    """Upstream --plain --train_all: view 1 is the user text and <|eot_id|>, every token trained."""
+    return cfg.plain and cfg.labels == "all"
+
+
 def encode(
     example: Example, index: int, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, report: EncodeReport
 ) -> Encoded:
     messages = view1_messages(example.messages, cfg)
     full_text = render(tokenizer, messages, cfg, generation_prompt=False)
     prompt_text = render(tokenizer, messages[:-1], cfg, generation_prompt=True)
+    if pretraining(cfg):
+        full_text, prompt_text = example.messages[-2]["content"] + "<|eot_id|>", ""
     full, prompt = tokenize(tokenizer, full_text, cfg), tokenize(tokenizer, prompt_text, cfg)
     if full[: len(prompt)] != prompt:
         raise UserError(
@@ -220,12 +322,20 @@ def encode(
     if enc.assistant_start >= len(enc.input_ids) - 1:
         raise UserError(f"{example.source}: the prompt alone fills --max_length {cfg.max_length}; nothing to train")
     enc.labels = view1_labels(enc.input_ids, enc.assistant_start, enc.assistant_end, cfg, tokenizer.pad_token_id)
+    if cfg.unmask_user:
+        unmask_user_labels(tokenizer, enc, example.messages[-2]["content"])
     if cfg.regular:
         return enc
     if cfg.stp is not None:
         user, answer = example.messages[-2]["content"], example.messages[-1]["content"]
         enc.content_spans = find_content_spans(tokenizer, enc.input_ids, user, answer, example.source)
         check_spans(enc.content_spans, cfg.stp, example.source)
+        return enc
+    if cfg.view_based_jepa:  # the fork's spans as they are: no --last_token shift
+        enc.user_end = user_end_index(tokenizer, full_text, prompt_text, messages, cfg)
+        if not enc.user_end < enc.assistant_end:
+            raise UserError(f"{example.source}: --view_based_jepa: the user turn's end is not before the answer's end")
+        enc.boundaries = [enc.user_end, enc.assistant_end]
         return enc
     if cfg.multi_step:
         sep_ids = separator_token_ids(tokenizer, cfg.step_separator)
@@ -237,8 +347,13 @@ def encode(
     user, assistant = example.messages[-2], example.messages[-1]
     if cfg.reverse_pred:
         user, assistant = assistant, user
-    text = single_message_text(tokenizer, user, cfg, predictor_string(cfg.predictors, cfg.front_pred))
-    code = single_message_text(tokenizer, assistant, cfg, "")
+    predictors = predictor_string(cfg.predictors, cfg.front_pred)
+    if example.text_view is not None:  # hellaswag files carry the two views (upstream ignores --reverse_pred there)
+        text = field_view_text(tokenizer, example.text_view, cfg, predictors)
+        code = field_view_text(tokenizer, example.code_view, cfg, "")
+    else:
+        text = single_message_text(tokenizer, user, cfg, predictors)
+        code = single_message_text(tokenizer, assistant, cfg, "")
     enc.text_ids = tokenize(tokenizer, text, cfg)[: cfg.max_length]
     enc.code_ids = tokenize(tokenizer, code, cfg)[: cfg.max_length]
     for name, ids in (("Text", enc.text_ids), ("Code", enc.code_ids)):
@@ -363,6 +478,119 @@ def isolated_step_rows(enc: Encoded, b: int, cfg: ViewConfig, predictor_ids: lis
     return rows, list(zip(pred_at, target_at))
 
 
+# ---- --entropy_filter (the fork): choose pairs by view 1's next-token entropy ----------------------
+@dataclass
+class EntropyChoice:
+    """Which pairs --entropy_filter may keep. `plan.pairs[:n_real]` are the real pairs; each later entry is
+    a probe, a view-1 token read as both predictor and target, so that every executor returns its hidden
+    row's index. groups[b] = example b's real pairs; windows[j] = pair j's probes (indices into the probe
+    block): the tokens within `window` of its predictor boundary in view 1."""
+
+    top_k: int
+    n_real: int
+    groups: list[list[int]]
+    windows: list[list[int]]
+
+    @property
+    def n_selected(self) -> int:
+        return sum(min(self.top_k, len(g)) for g in self.groups)
+
+
+@dataclass
+class EntropyPlan(ViewPlan):
+    """A plan with probes; its JEPA terms are the chosen pairs alone, counted before the forward (the
+    fork keeps min(top_k, pairs) per example), so the trainer's step totals hold."""
+
+    entropy: EntropyChoice | None = None
+
+    @property
+    def n_pairs(self) -> int:
+        return self.entropy.n_selected
+
+
+def add_entropy_probes(plan: ViewPlan, batch: list[Encoded], cfg: ViewConfig, first_pair: list[int]) -> EntropyPlan:
+    """The fork's windows: [b_k - w, b_k + w] around pair k's predictor boundary (b_k after the
+    --last_token shift), cut to view 1's tokens (the fork cuts at the padded length; a pad token's
+    entropy there is NaN)."""
+    n_real = len(plan.pairs)
+    groups, windows, probes = [], [], []
+    for b, enc in enumerate(batch):
+        n_pairs = len(enc.boundaries) - 1
+        groups.append(list(range(first_pair[b], first_pair[b] + n_pairs)))
+        for k in range(n_pairs):
+            lo, hi = (
+                max(0, enc.boundaries[k] - cfg.entropy_window),
+                min(len(enc.input_ids), enc.boundaries[k] + cfg.entropy_window + 1),
+            )
+            windows.append(list(range(len(probes), len(probes) + hi - lo)))
+            probes += [((b, t), (b, t)) for t in range(lo, hi)]
+    fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
+    out = EntropyPlan(**fields, entropy=EntropyChoice(cfg.entropy_top_k, n_real, groups, windows))
+    out.pairs = plan.pairs + probes
+    return out
+
+
+def next_token_entropy(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Entropy of the model's next-token distribution at each hidden row (final layer), float32, no grad:
+    log Z - sum p * logits, the fork's formula."""
+    from .fast import unwrap
+    from .lm_head import head_transform
+
+    base = unwrap(model)
+    with torch.no_grad():
+        logits = head_transform(base.config).apply(base.get_output_embeddings()(hidden)).float()
+        return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+
+
+def chosen_pairs(entropy: torch.Tensor, choice: EntropyChoice) -> torch.Tensor:
+    """Indices (into the real pairs, ascending) of each example's top_k pairs by the maximum entropy of
+    their window, ties to the earlier pair (the fork's stable sort), on the device: no host sync."""
+    device = entropy.device
+    n_groups = len(choice.groups)
+    width = max(len(g) for g in choice.groups)
+    probe_pair = [j for j, w in enumerate(choice.windows) for _ in w]
+    at = torch.tensor(probe_pair, dtype=torch.long, device=device)
+    per_pair = torch.full((choice.n_real,), -torch.inf, device=device).scatter_reduce(0, at, entropy, "amax")
+    slot = torch.full((n_groups, width), -1, dtype=torch.long)  # (example, its k-th pair) -> pair, -1: none
+    for b, g in enumerate(choice.groups):
+        slot[b, : len(g)] = torch.tensor(g, dtype=torch.long)
+    slot = slot.to(device)
+    score = torch.where(slot >= 0, per_pair[slot.clamp(min=0)], -torch.inf)
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    keep_k = torch.tensor([min(choice.top_k, len(g)) for g in choice.groups], device=device)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(width, device=device).expand(n_groups, width))
+    # empty slots write to a spare entry n_real (a scatter, not a boolean index: no host sync)
+    at = torch.where(slot >= 0, slot, choice.n_real).flatten()
+    kept = torch.zeros(choice.n_real + 1, dtype=torch.bool, device=device)
+    kept = kept.scatter_(0, at, (rank < keep_k[:, None]).flatten())[: choice.n_real]
+    return torch.sort(torch.argsort((~kept).to(torch.int8), stable=True)[: choice.n_selected]).values
+
+
+class ViewReadout:
+    """An executor that reads the pairs where the flags say: the hidden states of `layer` (--jepa_layer;
+    -1 the last), and with an EntropyPlan only the pairs --entropy_filter keeps (their entropies from
+    view 1's final hidden states, whichever layer the pairs read)."""
+
+    def __init__(self, executor: Callable, layer: int = -1) -> None:
+        self.executor = executor
+        self.layer = layer
+
+    def __call__(self, model: nn.Module, plan: ViewPlan) -> Any:
+        from .execute import Executed
+
+        out = self.executor(model, plan)
+        hidden, pred, target = out.hidden, out.pred_index, out.target_index
+        if self.layer != -1:
+            state = out.hidden_states[self.layer]
+            hidden = state.reshape(-1, state.shape[-1])
+        choice = getattr(plan, "entropy", None)
+        if choice is not None:
+            entropy = next_token_entropy(model, out.hidden[out.pred_index[choice.n_real :]])
+            keep = chosen_pairs(entropy, choice)
+            pred, target = pred[: choice.n_real][keep], target[: choice.n_real][keep]
+        return Executed(out.ce_sum, hidden, pred, target, out.hidden_states)
+
+
 def plan_row(r: int, example: int, offset: int) -> int:
     """A plan row index from an extra-rows function's: VIEW1 is the example's view 1 (row `example`)."""
     return example if r == VIEW1 else offset + r
@@ -377,8 +605,10 @@ def build_plan(batch: list[Encoded], cfg: ViewConfig, predictor_ids: list[int], 
     if cfg.stp is not None:  # STP: view 1 alone; its terms read view 1's hidden rows
         plan.stp = stp_plan([enc.content_spans for enc in batch], cfg.stp, [enc.index for enc in batch])
         return plan
+    first_pair = []
     for b, enc in enumerate(batch):
         offset = len(plan.rows)
+        first_pair.append(len(plan.pairs))
         if cfg.multi_step and cfg.isolated_predictors:
             extra, pairs = isolated_step_rows(enc, b, cfg, predictor_ids)
         elif cfg.multi_step:
@@ -392,4 +622,6 @@ def build_plan(batch: list[Encoded], cfg: ViewConfig, predictor_ids: list[int], 
         plan.rows.extend(extra)
         for (pr, pi), (tr, ti) in pairs:
             plan.pairs.append(((plan_row(pr, b, offset), pi), (plan_row(tr, b, offset), ti)))
+    if cfg.entropy_top_k:
+        return add_entropy_probes(plan, batch, cfg, first_pair)
     return plan
