@@ -23,9 +23,9 @@ from .fast import check_fast_supported, run_fast, triton_attention_shape
 from .interrupt import StopOnSignal
 from .model import ModelSpec, load_model, load_tokenizer
 from .plots import plot_curves
-from .stp import prepare_model, stp_config
+from .stp import check_layer, prepare_model, stp_config
 from .trainer import JepaTrainer, LossConfig
-from .views import Encoded, ViewConfig, encode_all
+from .views import Encoded, ViewConfig, ViewReadout, encode_all
 
 
 def view_config(args: argparse.Namespace) -> ViewConfig:
