@@ -10,7 +10,10 @@ The transformers attention integration lives in ``llmjepa_kernels.hf_attention``
 ``register()``); it is not imported here for the same reason.
 """
 
+import importlib.machinery
 import importlib.util
+import os
+import sys
 
 __all__ = [
     "AttentionConfig",
@@ -23,7 +26,25 @@ __all__ = [
     "default_config",
 ]
 
-if importlib.util.find_spec("triton") is not None:
+
+def _installed_kernels_took_over() -> bool:
+    """Imported as `kernels` (Python runs from the repository root): where a package of that name is installed
+    elsewhere on sys.path (Hugging Face's hub kernels), run it in this module's place, so that
+    `from kernels import get_kernel` works from the repository root too."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    elsewhere = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
+    spec = importlib.machinery.PathFinder.find_spec("kernels", elsewhere)
+    if spec is None or spec.loader is None:
+        return False
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module  # `import kernels` returns what sys.modules holds once this file has run
+    spec.loader.exec_module(module)
+    return True
+
+
+if __name__ == "kernels" and _installed_kernels_took_over():
+    pass  # this module is discarded; its relative imports below would resolve inside the installed package
+elif importlib.util.find_spec("triton") is not None:
     from .block_causal_attention import (
         AttentionConfig,
         BlockCausalAttentionFunction,

@@ -11,6 +11,8 @@
 rows: dicts (or a datasets.Dataset) with a "messages" list, as in the JSONL files.
 """
 
+__version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
+
 from .collate import ViewCollator
 from .data import Example, examples_from_records, load_examples
 from .default_model import DEFAULT_MODEL_NAME, build_default_model, build_default_tokenizer, sample_data_path
@@ -22,6 +24,7 @@ from .trainer import JepaTrainer, LossConfig
 from .views import Encoded, ViewConfig, build_plan, encode_all
 
 __all__ = [
+    "__version__",
     "DEFAULT_MODEL_NAME",
     "Encoded",
     "Example",

@@ -458,5 +458,7 @@ def finish(args: argparse.Namespace, run: Run) -> None:
     )
     plot = Path(args.output_dir) / "loss_curve.png"
     keys = ("loss", "lm_loss") if args.regular else ("loss", "lm_loss", "jepa_loss")
-    plot_curves(plot, {os.path.basename(os.path.normpath(args.output_dir)): records}, keys, "llmjepa-train")
-    print(f"llmjepa-train: {len(records)} steps; metrics {run.metrics_path}, plot {plot}, model {args.output_dir}")
+    name = os.path.basename(os.path.normpath(args.output_dir))
+    plotted = plot_curves(plot, {name: records}, keys, "llmjepa-train")  # False: no matplotlib (a note said so)
+    shown = f", plot {plot}" if plotted else ""
+    print(f"llmjepa-train: {len(records)} steps; metrics {run.metrics_path}{shown}, model {args.output_dir}")

@@ -155,11 +155,11 @@ def markdown(stats: dict, runs: list[dict]) -> str:
 
 
 def bar_plot(path: Path, stats: dict, title: str) -> None:
-    import matplotlib
+    from .plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(path, "llmjepa-sweep")
+    if plt is None:  # matplotlib is optional: the note is printed, sweep.md and sweep.json are written
+        return
     names = list(stats)
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(names), 3.2))
     ax.bar(names, [stats[n]["mean"] for n in names], yerr=[stats[n]["std"] for n in names], capsize=6)

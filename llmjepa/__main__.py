@@ -1,0 +1,8 @@
+"""`python -m llmjepa ...` runs the trainer, as `llmjepa-train ...` does (so `accelerate launch -m llmjepa` works)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
