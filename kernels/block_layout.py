@@ -16,9 +16,10 @@ forward and dQ kernels read `by_query` of their tile shapes, the dK/dV kernel `b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 __all__ = ["DIRECTIONS", "BlockCausalLayout", "TileShape", "to_device"]
@@ -52,7 +53,17 @@ class _VisitLists:
     part_index: torch.Tensor
 
     def to(self, device: torch.device, non_blocking: bool = True) -> _VisitLists:
-        return _VisitLists(*(to_device(getattr(self, f.name), device, non_blocking) for f in fields(self)))
+        return self.map(lambda t: to_device(t, device, non_blocking))
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> _VisitLists:
+        return _VisitLists(*(fn(getattr(self, f.name)) for f in fields(self)))
+
+    def __getstate__(self) -> dict:
+        return _numpy_state(vars(self))
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in _tensor_state(state).items():
+            object.__setattr__(self, name, value)  # frozen
 
 
 class _TileLists:
@@ -139,22 +150,51 @@ class BlockCausalLayout:
         """This layout on device: the ranges and every list built so far, through pinned memory with
         non_blocking to CUDA (to_device), without validating again. The tile masks stay behind."""
         device = torch.device(device)
+        return self.map(lambda t: to_device(t, device, non_blocking))
+
+    def pin_memory(self) -> BlockCausalLayout:
+        """This layout in pinned host memory: the data loader's pin thread calls it (pin_memory=True),
+        so the upload in `to` finds its tensors pinned and pins nothing in the training step."""
+        return self.map(torch.Tensor.pin_memory)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> BlockCausalLayout:
+        """A layout whose ranges and built lists are fn of these (not validated again; no tile masks)."""
         moved = object.__new__(BlockCausalLayout)
         moved.num_tokens = self.num_tokens
         moved.shared_start, moved.shared_end, moved.causal_start = (
-            to_device(x, device, non_blocking) for x in (self.shared_start, self.shared_end, self.causal_start)
+            fn(x) for x in (self.shared_start, self.shared_end, self.causal_start)
         )
         moved.device = moved.shared_start.device
         moved._tiles = {}
         for (block_m, block_n), lists in self._tiles.items():
             target = moved.tiles(block_m, block_n)
-            target.built = {d: v.to(device, non_blocking) for d, v in lists.built.items()}
+            target.built = {d: v.map(fn) for d, v in lists.built.items()}
         return moved
+
+    # Pickled (from data-loader workers) as numpy arrays: a CPU tensor pickles through torch's storage
+    # serialization, several times slower to load than a numpy array (docs/fast_path.md has the figures).
+    def __getstate__(self) -> dict:
+        return _numpy_state(vars(self))
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(_tensor_state(state))
 
     def visited_tiles(self, block_m: int, block_n: int) -> tuple[int, int]:
         """(full tiles, partial tiles) one head visits in the forward pass; for benchmarks and tests."""
         lists = self.tiles(block_m, block_n).by_query
         return int(lists.full_count.sum()), int(lists.part_count.sum())
+
+
+def _numpy_state(state: dict) -> dict:
+    """An object's attributes with its CPU tensors as numpy arrays (device tensors pickle as they are)."""
+    return {
+        name: value.numpy() if isinstance(value, torch.Tensor) and value.device.type == "cpu" else value
+        for name, value in state.items()
+    }
+
+
+def _tensor_state(state: dict) -> dict:
+    return {name: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for name, v in state.items()}
 
 
 def _check_range_tensors(**ranges: torch.Tensor) -> None:

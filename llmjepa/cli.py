@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--max_train_steps", type=int, default=-1)
     ours.add_argument("--logging_steps", type=int, default=1)
     ours.add_argument("--save_steps", type=int, default=0, help="checkpoint every N steps (0: every epoch)")
+    ours.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=None,
+        help="worker processes that collate and pack microbatches; default 2 with CUDA, 0 on the CPU",
+    )
     ours.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'latest' in --output_dir")
     ours.add_argument(
         "--dtype",
@@ -238,6 +244,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         ("max_train_steps", args.max_train_steps == -1 or args.max_train_steps >= 1, ">= 1, or -1 (--num_epochs)"),
         ("save_steps", args.save_steps >= 0, ">= 0 (0: every epoch)"),
         ("debug", args.debug >= 0, ">= 0"),
+        ("dataloader_num_workers", args.dataloader_num_workers is None or args.dataloader_num_workers >= 0, ">= 0"),
         ("lora_rank", args.lora_rank >= 1, ">= 1"),
         ("last_token", args.last_token <= -1, "<= -1 (an index from the end)"),
         ("finetune_seed", SEED_RANGE[0] <= args.finetune_seed <= SEED_RANGE[1], f"in {SEED_RANGE[0]}..2**32-1"),

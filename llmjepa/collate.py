@@ -1,6 +1,6 @@
-"""The Trainer's data collator: a list of Encoded examples -> {"plan": ViewPlan}."""
+"""The Trainer's data collator: a list of Encoded examples -> {"plan": ViewPlan or fast.PackedPlan}."""
 
-from .fast import AttentionShape, host_layout
+from .fast import AttentionShape, PackedPlan, host_layout
 from .pack import pack_plan
 from .plan import ViewPlan
 from .trainer import jepa_ratio_keeps_views
@@ -9,10 +9,17 @@ from .views import Encoded, ViewConfig, build_plan
 
 class ViewCollator:
     """pack=True (the fast path) also packs the plan into its stream here, and builds the stream's
-    attention layout: the ranges validated and, with `attention` (the Triton kernels' head_dim and
-    dtype, `fast.triton_attention_shape`), the tile lists the kernels read. So data-loader workers, not
-    the training step, pay for it, and the step reads no device value for it. Without `attention` the
-    layout holds the ranges only (what the PyTorch form of the attention reads)."""
+    attention layout: the ranges validated and, with `attention` (head_dim and dtype, and which backend:
+    `fast.collator_attention_shape`), the tile lists the Triton kernels or FlexAttention read. So
+    data-loader workers, not the training step, pay for it, and the step reads no device value for it.
+    Without `attention` the layout holds the ranges only (what the PyTorch form of the attention reads).
+
+    What it returns is what the step reads. Packed, a `PackedPlan`: the stream, its layout and the plan's
+    counts, without the plan's per-token rows, which the data loader would otherwise pickle in a worker
+    and unpickle in the training process for nothing (docs/fast_path.md has the sizes). The whole
+    ViewPlan (with `packed` set) where rows are read: `keep_rows=True` (--debug prints them, the
+    benchmarks count them) and STP plans (stp.hidden_rows reads the rows' lengths). Not packed (the
+    reference executor pads the rows), the ViewPlan."""
 
     def __init__(
         self,
@@ -22,6 +29,7 @@ class ViewCollator:
         seed: int = 0,
         pack: bool = False,
         attention: AttentionShape | None = None,
+        keep_rows: bool = True,
     ) -> None:
         self.cfg = cfg
         self.predictor_ids = predictor_ids
@@ -29,10 +37,15 @@ class ViewCollator:
         self.seed = seed
         self.pack = pack
         self.attention = attention
+        self.keep_rows = keep_rows
 
-    def __call__(self, batch: list[Encoded]) -> dict[str, ViewPlan]:
+    def __call__(self, batch: list[Encoded]) -> dict[str, ViewPlan | PackedPlan]:
         keep = jepa_ratio_keeps_views([e.index for e in batch], self.jepa_ratio, self.seed)
         plan = build_plan(batch, self.cfg, self.predictor_ids, with_views=keep)
-        if self.pack:
-            plan.packed = host_layout(pack_plan(plan), self.attention)
-        return {"plan": plan}
+        if not self.pack:
+            return {"plan": plan}
+        packed = host_layout(pack_plan(plan), self.attention)
+        if self.keep_rows or plan.stp is not None:
+            plan.packed = packed
+            return {"plan": plan}
+        return {"plan": PackedPlan.of(plan, packed)}

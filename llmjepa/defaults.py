@@ -107,7 +107,12 @@ def library_defaults(
     if kwargs.get("data_collator") is None:
         predictor_ids = tokenizer.convert_tokens_to_ids(view_tokens(cfg)[: cfg.predictors])
         kwargs["data_collator"] = ViewCollator(
-            cfg, predictor_ids, loss_config.jepa_ratio, loss_config.seed, pack=is_fast(executor)
+            cfg,
+            predictor_ids,
+            loss_config.jepa_ratio,
+            loss_config.seed,
+            pack=is_fast(executor),
+            keep_rows=loss_config.debug > 0,  # only --debug's printing reads the rows of a packed plan
         )
     return kwargs, loss_config, executor
 

@@ -18,8 +18,8 @@ builds the kernels' tile lists on the host (`host_layout`), the stream and its l
 through pinned memory without blocking, and nothing here reads a device value (docs/fast_path.md).
 """
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -70,10 +70,12 @@ def attention_backend(device: torch.device) -> str:
 # ---- the stream's layout, built on the host ------------------------------------------------------
 @dataclass(frozen=True)
 class AttentionShape:
-    """What the Triton attention's tile shapes depend on (`default_config(head_dim, dtype)`)."""
+    """What the tile lists an attention reads depend on: the Triton kernels' tile shapes on
+    `default_config(head_dim, dtype)`; FlexAttention's BlockMask on its block size only."""
 
     head_dim: int
     dtype: torch.dtype
+    backend: str = "triton"  # "triton" or "flex": the backends that read tile lists
 
 
 @dataclass
@@ -87,6 +89,49 @@ class StreamWithLayout(PackedStream):
         moved = super().to(device)  # the layout rides along unmoved; move it here
         moved.layout = self.layout.to(device, non_blocking=True) if self.layout is not None else None
         return moved
+
+    def pin_memory(self) -> "StreamWithLayout":
+        """In pinned host memory, for the data loader's pin thread (pin_memory=True, on CUDA): the upload
+        in `to` then pins nothing in the training step."""
+        pinned = {name: t.pin_memory() if isinstance(t, torch.Tensor) else t for name, t in vars(self).items()}
+        pinned["layout"] = self.layout.pin_memory() if self.layout is not None else None
+        return StreamWithLayout(**pinned)
+
+
+@dataclass
+class PackedPlan:
+    """What a fast-path step reads of a microbatch, as the collator ships it: the packed stream with its
+    layout, and the plan's counts (the trainer's normalization and step record), without the plan's
+    per-token rows. The collator keeps the whole ViewPlan where its rows are read: the reference
+    executor, --debug's printing, and STP (its terms are placed by the rows' lengths)."""
+
+    packed: StreamWithLayout
+    label_tokens: int
+    n_pairs: int
+    n_tokens: int  # the plan's tokens, every view whole (not the stream's)
+    n_rows: int
+    n_examples: int
+    extras: dict[str, Any] = field(default_factory=dict)  # a ViewPlan subclass's own fields, read as attributes
+    stp: ClassVar[None] = None  # as ViewPlan.stp: this plan has no STP terms
+
+    ROWS_FIELDS: ClassVar[tuple[str, ...]] = ("rows", "pairs", "packed", "n_examples", "stp")
+
+    @classmethod
+    def of(cls, plan: ViewPlan, packed: StreamWithLayout) -> "PackedPlan":
+        """The counts as the plan computes them (a subclass's own n_pairs included), and the fields a
+        ViewPlan subclass adds (views.EntropyPlan's `entropy`, which views.ViewReadout reads)."""
+        extras = {f.name: getattr(plan, f.name) for f in fields(plan) if f.name not in cls.ROWS_FIELDS}
+        return cls(packed, plan.label_tokens, plan.n_pairs, plan.n_tokens, plan.n_rows, plan.n_examples, extras)
+
+    def pin_memory(self) -> "PackedPlan":
+        """The data loader's pin thread calls this (pin_memory=True): the stream and layout pinned."""
+        return replace(self, packed=self.packed.pin_memory())
+
+    def __getattr__(self, name: str) -> Any:
+        extras = self.__dict__.get("extras", {})  # not self.extras: unpickling asks before __dict__ is set
+        if name in extras:
+            return extras[name]
+        raise AttributeError(f"PackedPlan has no {name!r}: the collator ships no rows (ViewCollator keep_rows)")
 
 
 def attention_shape(model: nn.Module) -> AttentionShape:
@@ -102,19 +147,38 @@ def uses_triton(backend: str | None, device: torch.device) -> bool:
     return backend == "triton" or (backend in (None, "auto") and device.type == "cuda")
 
 
-def triton_attention_shape(model: nn.Module, backend: str | None = None) -> AttentionShape | None:
-    """The model's AttentionShape where the fast path will run the Triton kernels (`backend` as run_fast's
-    `attention`; by default on CUDA), else None (the other backends read the ranges only). For the
-    collator: which tile lists to build."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def tiled_attention_shape(model: nn.Module, backend: str, device: torch.device) -> AttentionShape | None:
+    """The model's AttentionShape where run_fast's attention (`backend` as its `attention`, None for the
+    per-device choice) reads tile lists: the Triton kernels, or FlexAttention's BlockMask; else None (the
+    PyTorch form reads the ranges only)."""
+    if backend == "flex":
+        return replace(attention_shape(model), backend="flex")
     return attention_shape(model) if uses_triton(backend, device) else None
 
 
+def collator_attention_shape(model: nn.Module, backend: str | None = None) -> AttentionShape | None:
+    """For the collator (which tile lists to build): tiled_attention_shape on the device training will
+    use (CUDA where there is one)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return tiled_attention_shape(model, backend, device)
+
+
+def triton_attention_shape(model: nn.Module, backend: str | None = None) -> AttentionShape | None:
+    """collator_attention_shape where it runs the Triton kernels, else None (the benchmarks' question)."""
+    shape = collator_attention_shape(model, backend)
+    return shape if shape is not None and shape.backend == "triton" else None
+
+
 def kernel_tiles(shape: AttentionShape | None) -> "list[TileShape]":
-    """The tile lists the Triton kernels read for this shape: forward and dQ by query block, dK/dV by
-    key block, each of its own tile shape (default_config); none without a shape."""
+    """The tile lists this attention reads. Triton: forward and dQ by query block, dK/dV by key block,
+    each of its own tile shape (default_config). Flex: by query block at FLEX_BLOCK x FLEX_BLOCK (the
+    BlockMask's kv lists; flex derives the transposed ones itself). None without a shape."""
     if shape is None:
         return []
+    if shape.backend == "flex":
+        from llmjepa_kernels.flex_attention import FLEX_BLOCK
+
+        return [("by_query", FLEX_BLOCK, FLEX_BLOCK)]
     from llmjepa_kernels.block_causal_attention import default_config
 
     config = default_config(shape.head_dim, shape.dtype)
@@ -128,13 +192,13 @@ def host_layout(stream: PackedStream, shape: AttentionShape | None) -> StreamWit
     from llmjepa_kernels.block_layout import BlockCausalLayout
 
     layout = BlockCausalLayout(stream.shared_start, stream.shared_end, stream.causal_start, tiles=kernel_tiles(shape))
-    fields = {name: value for name, value in vars(stream).items() if name != "layout"}
-    return StreamWithLayout(**fields, layout=layout)
+    parts = {name: value for name, value in vars(stream).items() if name != "layout"}
+    return StreamWithLayout(**parts, layout=layout)
 
 
 def run_fast(
     model: nn.Module,
-    plan: ViewPlan,
+    plan: "ViewPlan | PackedPlan",
     pad_token_id: int | None = None,
     attention: str | None = None,
     lm_head_method: str = "auto",
@@ -147,7 +211,7 @@ def run_fast(
     check_attention_is_ours(model)
     backend = attention or attention_backend(device)
     stream = plan.packed if plan.packed is not None else pack_plan(plan)
-    shape = attention_shape(model) if uses_triton(backend, device) else None
+    shape = tiled_attention_shape(model, backend, device)
     if getattr(stream, "layout", None) is None:  # not packed by the collator: build the layout here, on the host
         stream = host_layout(stream, shape)
     elif stream.layout.device.type == "cpu":  # lists the collator was not asked for: built here, still on the host

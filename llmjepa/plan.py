@@ -63,6 +63,10 @@ class ViewPlan:
     def n_tokens(self) -> int:
         return sum(len(row) for row in self.rows)
 
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
 
 def causal_row(example: int, view: str, input_ids: list[int], labels: list[int] | None = None) -> ViewRow:
     """A row in which every token sees all earlier tokens of the row (positions 0..n-1)."""

@@ -19,7 +19,7 @@ from .collate import ViewCollator
 from .data import load_examples, split_examples
 from .errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
 from .execute import Executor, run_reference
-from .fast import check_fast_supported, run_fast, triton_attention_shape
+from .fast import check_fast_supported, collator_attention_shape, run_fast
 from .interrupt import StopOnSignal
 from .model import ModelSpec, load_model, load_tokenizer
 from .plots import plot_curves
@@ -185,6 +185,14 @@ def training_arguments(
         gradient_checkpointing=checkpointing,
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
+        # Collation (packing, layout, tile lists) in worker processes where a GPU computes meanwhile; on
+        # the CPU workers only compete with the step for the cores (measured: docs/fast_path.md).
+        dataloader_num_workers=loader_workers(args),
+        dataloader_pin_memory=torch.cuda.is_available(),  # the pin thread pins the stream and its layout
+        dataloader_persistent_workers=loader_workers(args) > 0,
+        # JepaTrainer.finish_step stops the run at a non-finite loss; the Trainer's filter would read
+        # every microbatch's loss on the host (two syncs per microbatch)
+        logging_nan_inf_filter=False,
         bf16=False,  # the weights carry the dtype (--dtype), as upstream's bf16 weights do
     )
 
@@ -192,6 +200,13 @@ def training_arguments(
 def save_interval(args: argparse.Namespace, steps_per_epoch: int) -> int:
     """Checkpoint every epoch, or with --same_flop every epoch's steps over the views' cost (upstream)."""
     return same_flop_save_steps(args, steps_per_epoch) if args.same_flop else steps_per_epoch
+
+
+def loader_workers(args: argparse.Namespace) -> int:
+    """--dataloader_num_workers, by default 2 with CUDA and 0 on the CPU."""
+    if args.dataloader_num_workers is not None:
+        return args.dataloader_num_workers
+    return 2 if torch.cuda.is_available() else 0
 
 
 def resume_point(args: argparse.Namespace) -> str | None:
@@ -311,7 +326,7 @@ def build_run(args: argparse.Namespace) -> Run:
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     backend = getattr(args, "attention_backend", None)
-    kernel_shape = triton_attention_shape(model, backend) if args.impl == "fast" else None  # the collator's tile lists
+    kernel_shape = collator_attention_shape(model, backend) if args.impl == "fast" else None  # collator's tile lists
     trainer = JepaTrainer(
         model=model,
         args=training_arguments(args, len(train_set), eval_set is not None, checkpointing),
@@ -324,6 +339,7 @@ def build_run(args: argparse.Namespace) -> Run:
             args.finetune_seed,
             pack=args.impl == "fast",
             attention=kernel_shape,
+            keep_rows=args.debug > 0,  # only --debug's printing reads the rows of a packed plan
         ),
         processing_class=tokenizer,
         executor=executor_for(args, tokenizer.pad_token_id),

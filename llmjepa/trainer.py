@@ -69,7 +69,7 @@ class StepStats:
         self.pairs += plan.n_pairs
         self.tokens += plan.n_tokens
         self.tokens_run += tokens_run
-        self.rows += len(plan.rows)
+        self.rows += plan.n_rows
         self.microbatches += 1
 
 
