@@ -23,6 +23,7 @@ from .fast import check_fast_supported, collator_attention_shape, run_fast
 from .interrupt import StopOnSignal
 from .model import ModelSpec, load_model, load_tokenizer
 from .plots import plot_curves
+from .profiled_flops import add_profiled_flops
 from .stp import check_layer, prepare_model, stp_config
 from .trainer import JepaTrainer, LossConfig
 from .views import Encoded, ViewConfig, ViewReadout, encode_all
@@ -347,6 +348,8 @@ def build_run(args: argparse.Namespace) -> Run:
         metrics_path=metrics_path,
         track_flops=args.track_flop,
     )
+    if args.track_flop:  # upstream's profiler count too, over the first steps (llmjepa/profiled_flops.py)
+        add_profiled_flops(trainer)
     if args.eval_accuracy:  # llmjepa-eval's accuracy at each evaluation, logged through trainer.log
         from .eval_callback import add_accuracy_callback
 

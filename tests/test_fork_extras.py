@@ -334,6 +334,7 @@ RUNS = {
     "entropy": ["--num_prediction_steps", "3", "--predictors", "1", "--entropy_filter", "--entropy_top_k", "1"],
     "view_based": ["--view_based_jepa", "--predictors", "2", "--unmask_user"],
     "layer": ["--predictors", "1", "--jepa_layer", "1"],
+    "layer, steps": ["--num_prediction_steps", "2", "--predictors", "1", "--jepa_layer", "-2"],
 }
 
 
@@ -393,3 +394,31 @@ def test_sample_has_what_the_tests_need():
     least three steps (the entropy filter has a choice)."""
     for ex in load_examples(sample_data_path("train"))[:4]:
         assert ex.messages[0]["role"] == "system" and ex.assistant.count("\n\n") >= 2
+
+
+def test_track_flop_profiles_the_first_steps(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """--track_flop: the profiler's count of each of the first steps, in its record and metrics.jsonl. The
+    reference path computes logits everywhere: forward and backward of every linear layer over the padded
+    tokens is 6 * (linear weights) * tokens_run, and the profiler finds that plus attention (under 5%)."""
+    argv = [*BASE, "--predictors", "1", "--impl", "reference", "--max_train_steps", "2", "--track_flop"]
+    trainer = train(parse_args([*argv, "--output_dir", str(tmp_path)]))
+    linear = sum(m.weight.numel() for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    for record in trainer.history:
+        ratio = record["profiled_flops"] / (6 * linear * record["tokens_run"])
+        assert 1.0 <= ratio < 1.05, ratio
+    written = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["profiled_flops"] for r in written] == [r["profiled_flops"] for r in trainer.history]
+    assert f"Step 2: FLOPs: {trainer.history[1]['profiled_flops']:,}" in capsys.readouterr().out
+
+
+def test_track_flop_stops_profiling_after_its_steps(tmp_path: Path):
+    from llmjepa import profiled_flops
+
+    argv = [*BASE, "--predictors", "1", "--impl", "reference", "--max_train_steps", "3", "--track_flop"]
+    original = profiled_flops.PROFILED_STEPS
+    profiled_flops.add_profiled_flops.__defaults__ = (2,)
+    try:
+        history = train(parse_args([*argv, "--output_dir", str(tmp_path)])).history
+    finally:
+        profiled_flops.add_profiled_flops.__defaults__ = (original,)
+    assert ["profiled_flops" in r for r in history] == [True, True, False]
