@@ -574,6 +574,7 @@ class ViewReadout:
     def __init__(self, executor: Callable, layer: int = -1) -> None:
         self.executor = executor
         self.layer = layer
+        self.func = getattr(executor, "func", executor)  # the path it wraps, for defaults.is_fast
 
     def __call__(self, model: nn.Module, plan: ViewPlan) -> Any:
         from .execute import Executed
