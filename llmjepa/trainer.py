@@ -99,6 +99,55 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
 
 
+WINDOW_MEANS = ("lm_loss", "jepa_loss", "mean_cos", "label_tokens", "pairs", "tokens_run")
+
+
+def window_metrics(records: list[dict]) -> dict[str, float]:
+    """What a training log adds: per-step means over the records since the previous log, the largest peak
+    memory. Values that are None (non-finite, or mean_cos without pairs) are left out."""
+    merged: dict[str, float] = {}
+    for key in WINDOW_MEANS:
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values:
+            merged[key] = sum(values) / len(values)
+    peaks = [r["peak_memory_mib"] for r in records if r.get("peak_memory_mib") is not None]
+    if peaks:
+        merged["peak_memory_mib"] = max(peaks)
+    return merged
+
+
+@dataclass
+class EvalSums:
+    """Sums over an evaluation's microbatches (this rank): ce, jepa and cos on the device, counts on the host."""
+
+    device_sums: torch.Tensor | None = None  # (3,): ce_sum, jepa_sum, cos_sum
+    label_tokens: int = 0
+    pairs: int = 0
+
+    def add(self, plan: ViewPlan, ce_sum: torch.Tensor, jepa_sum: torch.Tensor, cos: torch.Tensor | None) -> None:
+        cos_sum = cos.sum() if cos is not None else ce_sum.new_zeros(())
+        sums = torch.stack([x.detach().reshape(()) for x in (ce_sum, jepa_sum, cos_sum)])
+        sums = sums.to(sum_dtype(sums.device))
+        self.device_sums = sums if self.device_sums is None else self.device_sums + sums
+        self.label_tokens += plan.label_tokens
+        self.pairs += plan.n_pairs
+
+    def metrics(self, cfg: LossConfig, device: torch.device) -> dict[str, float]:
+        """lm_loss, perplexity, loss and (with pairs) jepa_loss and mean_cos over the whole set, all ranks."""
+        if self.device_sums is None and world_size() == 1:
+            return {}
+        sums = self.device_sums if self.device_sums is not None else torch.zeros(3, dtype=sum_dtype(device))
+        values = sums.tolist() + [float(self.label_tokens), float(self.pairs)]
+        ce, jepa, cos, tokens, pairs = all_reduce_sums(values, device)
+        lm_loss = ce / max(tokens, 1)
+        out = {"lm_loss": lm_loss, "perplexity": math.exp(min(lm_loss, 700.0))}
+        if pairs:
+            out.update(jepa_loss=jepa / pairs, mean_cos=cos / pairs)
+        jepa_loss = out.get("jepa_loss", 0.0)
+        out["loss"] = lm_loss if cfg.regular else cfg.gamma * lm_loss + cfg.lbd * jepa_loss
+        return out
+
+
 class JepaTrainer(Trainer):
     """Trainer over `{"plan": ViewPlan}` batches (see collate.ViewCollator).
 
@@ -133,6 +182,8 @@ class JepaTrainer(Trainer):
         self.step_totals = (1, 1)  # (label tokens, pairs) of the optimizer step in progress, all ranks
         self.stats = StepStats()
         self.history: list[dict] = []
+        self.logged_records = 0  # history records already merged into a Trainer log (see log())
+        self.eval_sums = EvalSums()
         self.microbatches_seen = 0
         self.add_callback(StepRecorder(self, metrics_path))
 
@@ -185,8 +236,9 @@ class JepaTrainer(Trainer):
         self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         plan: ViewPlan = inputs["plan"]
-        if not model.training:  # evaluation: this microbatch alone
-            loss, *_ = self.plan_losses(model, plan, plan.label_tokens, plan.n_pairs)
+        if not model.training:  # evaluation: this microbatch alone; the set's sums for evaluation_loop's metrics
+            loss, ce_sum, jepa_sum, cos, _ = self.plan_losses(model, plan, plan.label_tokens, plan.n_pairs)
+            self.eval_sums.add(plan, ce_sum, jepa_sum, cos)
             return (loss, None) if return_outputs else loss
         label_tokens, pairs = self.step_totals
         loss, ce_sum, jepa_sum, cos, tokens_run = self.plan_losses(model, plan, label_tokens, pairs)
@@ -207,6 +259,34 @@ class JepaTrainer(Trainer):
     def floating_point_ops(self, inputs: dict) -> int:
         """6 * parameters * tokens run, the usual estimate for forward + backward (--track_flop)."""
         return 6 * self.model.num_parameters() * inputs["plan"].n_tokens
+
+    # ---- metrics in every report_to backend -----------------------------------------------
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """A training log (it has "loss") gets the JEPA numbers of the steps since the previous one (as TRL's
+        trainers merge theirs): means of lm_loss, jepa_loss, mean_cos, label_tokens, pairs, tokens_run per step,
+        and the largest peak_memory_mib. Every report_to backend, and state.log_history, then has them."""
+        records = self.history[self.logged_records :]
+        if "loss" in logs and records:
+            self.logged_records = len(self.history)
+            logs.update(window_metrics(records))
+        super().log(logs, *args, **kwargs)
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """The Trainer's loop, its metrics joined by {prefix}_lm_loss (per label token over the whole set, as an
+        SFT eval loss is), {prefix}_jepa_loss (per pair), {prefix}_mean_cos and {prefix}_perplexity; {prefix}_loss
+        becomes gamma * lm_loss + lbd * jepa_loss over the whole set (the Trainer's is a mean over microbatches)."""
+        self.eval_sums = EvalSums()
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        metrics = self.eval_sums.metrics(self.loss_config, self.args.device)
+        output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
+        return output
 
     # ---- per-step record -----------------------------------------------------------------
     def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
