@@ -26,7 +26,7 @@ from .plots import plot_curves
 from .profiled_flops import add_profiled_flops
 from .stp import check_layer, prepare_model, stp_config
 from .trainer import JepaTrainer, LossConfig
-from .views import Encoded, ViewConfig, ViewReadout, encode_all
+from .views import Encoded, ViewConfig, encode_all, readout_for
 
 
 def view_config(args: argparse.Namespace) -> ViewConfig:
@@ -295,10 +295,7 @@ def executor_for(args: argparse.Namespace, pad_token_id: int) -> Executor:
         executor = partial(run_fast, pad_token_id=pad_token_id, attention=getattr(args, "attention_backend", None))
     else:
         executor = partial(run_reference, pad_token_id=pad_token_id)
-    cfg = view_config(args)
-    if cfg.entropy_top_k or cfg.jepa_layer != -1:  # what the pairs read: views.ViewReadout
-        return ViewReadout(executor, cfg.jepa_layer)
-    return executor
+    return readout_for(executor, view_config(args))  # --jepa_layer, --entropy_filter: views.ViewReadout
 
 
 def fused_pair_loss(args: argparse.Namespace) -> bool:

@@ -592,6 +592,17 @@ class ViewReadout:
         return Executed(out.ce_sum, hidden, pred, target, out.hidden_states)
 
 
+def readout_for(executor: Callable, cfg: ViewConfig) -> Callable:
+    """The executor the trainer should call for plans of `cfg`: wrapped in ViewReadout where --jepa_layer
+    or --entropy_filter says what the pairs read (not STP, which reads its layer itself), else as it is.
+    Wrapping twice is a no-op."""
+    if isinstance(executor, ViewReadout) or cfg.stp is not None:
+        return executor
+    if cfg.entropy_top_k or cfg.jepa_layer != -1:
+        return ViewReadout(executor, cfg.jepa_layer)
+    return executor
+
+
 def plan_row(r: int, example: int, offset: int) -> int:
     """A plan row index from an extra-rows function's: VIEW1 is the example's view 1 (row `example`)."""
     return example if r == VIEW1 else offset + r

@@ -185,3 +185,57 @@ def test_reference_masks_have_no_empty_row(tokenizer, examples):
     inputs = padded_inputs(plan, tokenizer.pad_token_id, torch.float32, torch.device("cpu"))
     mask = inputs["attention_mask"]
     assert (mask == 0).any(dim=-1).all()  # every query, padding included, sees a key
+
+
+def test_entropy_plan_probes_are_the_windows_in_view_1(tokenizer, examples):
+    """--entropy_filter: after the real pairs, one probe per view-1 token within w of each pair's
+    predictor boundary (cut to view 1), read as predictor and target; n_pairs counts min(k, pairs) per
+    example, the pairs the loss will keep."""
+    from llmjepa.views import EntropyPlan
+
+    cfg = ViewConfig(num_prediction_steps=3, predictors=1, entropy_top_k=2, entropy_window=3)
+    batch = [encode(e, i, tokenizer, cfg, EncodeReport()) for i, e in enumerate(examples[:6])]
+    plan = build_plan(batch, cfg, predictor_ids(tokenizer, 1))
+    plain = build_plan(batch, ViewConfig(num_prediction_steps=3, predictors=1), predictor_ids(tokenizer, 1))
+    assert isinstance(plan, EntropyPlan) and plan.pairs[: plan.entropy.n_real] == plain.pairs
+    probes = plan.pairs[plan.entropy.n_real :]
+    expected, groups = [], []
+    for b, enc in enumerate(batch):
+        pairs = len(enc.boundaries) - 1
+        groups.append(min(2, pairs))
+        for at in enc.boundaries[:-1]:
+            expected += [((b, t), (b, t)) for t in range(max(0, at - 3), min(len(enc.input_ids), at + 4))]
+    assert probes == expected
+    assert plan.n_pairs == sum(groups) < plan.entropy.n_real
+    assert [len(w) for w in plan.entropy.windows] == [
+        min(len(e.input_ids), at + 4) - max(0, at - 3) for e in batch for at in e.boundaries[:-1]
+    ]
+
+
+def test_readout_wraps_only_where_the_pairs_read_elsewhere():
+    from llmjepa.views import ViewReadout, readout_for
+
+    def executor(model, plan):
+        return None
+
+    assert readout_for(executor, ViewConfig(predictors=1)) is executor
+    wrapped = readout_for(executor, ViewConfig(predictors=1, jepa_layer=2))
+    assert isinstance(wrapped, ViewReadout) and wrapped.layer == 2
+    assert readout_for(wrapped, ViewConfig(predictors=1, jepa_layer=2)) is wrapped
+    assert isinstance(readout_for(executor, ViewConfig(num_prediction_steps=2, entropy_top_k=1)), ViewReadout)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(num_prediction_steps=1, entropy_top_k=1), "--num_prediction_steps >= 2"),
+        (dict(num_prediction_steps=2, view_based_jepa=True), "--view_based_jepa"),
+        (dict(unmask_user=True, labels="all"), "--unmask_user"),
+        (dict(plain=True, labels="all", num_prediction_steps=2), "no answer"),
+    ],
+)
+def test_fork_extras_refused_combinations(fields, message):
+    from llmjepa.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        ViewConfig(**fields)
