@@ -61,6 +61,7 @@ def main() -> None:
     encoded = encode_split(train_examples[: args.batch_size * ours.microbatches], tokenizer, cfg, source)
     k = max(args.predictors, 1)
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, k + 1)])
+    # also runs on a checkout from before PackedPlan (ac43b0a^: no backend, no keep_rows), for the before/after
     fields = AttentionShape.__dataclass_fields__
     backend = {"backend": ours.tiles} if "backend" in fields else {}
     shape = None if ours.tiles == "none" else AttentionShape(64, torch.float32, **backend)
