@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .stp import add_stp_arguments
 
     add_stp_arguments(p)  # group "STP (upstream stp.py)": --linear and its flags (llmjepa/stp.py)
+    from .hf_args import add_training_arguments
+
+    add_training_arguments(p)  # last: every TrainingArguments field no flag above is, and --config (hf_args.py)
     return p
 
 
@@ -393,7 +396,9 @@ def fast_path_available() -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return check_args(build_parser().parse_args(argv))
+    from .hf_args import parse_with_config  # --config FILE.yaml; TrainingArguments fields -> args.training_overrides
+
+    return check_args(parse_with_config(build_parser(), argv))
 
 
 def main(argv: list[str] | None = None) -> int:

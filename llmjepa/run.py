@@ -158,8 +158,9 @@ def training_arguments(
     args: argparse.Namespace, n_train: int, has_eval: bool, checkpointing: bool
 ) -> TrainingArguments:
     epochs = same_flop_epochs(args) if args.same_flop else args.num_epochs
-    steps_per_epoch = max(1, n_train // (args.batch_size * args.grad_accum))
-    return TrainingArguments(
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun: each rank takes its share of every epoch
+    steps_per_epoch = max(1, n_train // (args.batch_size * args.grad_accum * ranks))
+    ours = dict(
         output_dir=args.output_dir,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
@@ -177,7 +178,8 @@ def training_arguments(
         remove_unused_columns=False,
         report_to="none",
         logging_steps=args.logging_steps,
-        save_strategy="steps",
+        # at the Trainer's own epoch ends (under any number of ranks) unless steps are asked for
+        save_strategy="steps" if args.save_steps > 0 or args.same_flop else "epoch",
         save_steps=args.save_steps if args.save_steps > 0 else save_interval(args, steps_per_epoch),
         save_total_limit=max(1, 4 * args.num_epochs),
         eval_strategy="steps" if has_eval else "no",
@@ -194,8 +196,12 @@ def training_arguments(
         # JepaTrainer.finish_step stops the run at a non-finite loss; the Trainer's filter would read
         # every microbatch's loss on the host (two syncs per microbatch)
         logging_nan_inf_filter=False,
-        bf16=False,  # the weights carry the dtype (--dtype), as upstream's bf16 weights do
+        bf16=False,  # the weights carry the dtype (--dtype), as upstream's bf16 weights do; --bf16: mixed precision
     )
+    try:  # TrainingArguments fields given as flags or in --config win (llmjepa/hf_args.py)
+        return TrainingArguments(**{**ours, **getattr(args, "training_overrides", {})})
+    except ValueError as e:  # contradictory fields: one line, as every flag error
+        raise UserError(f"TrainingArguments: {' '.join(str(e).split())}") from None
 
 
 def save_interval(args: argparse.Namespace, steps_per_epoch: int) -> int:
