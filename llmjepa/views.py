@@ -490,10 +490,21 @@ class EntropyChoice:
     n_real: int
     groups: list[list[int]]
     windows: list[list[int]]
+    indices: tuple | None = None  # host_indices(), made by the collator
 
     @property
     def n_selected(self) -> int:
         return sum(min(self.top_k, len(g)) for g in self.groups)
+
+    def host_indices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the pair of each probe; (example, its k-th pair) -> pair, -1 where none; pairs kept per
+        example), host tensors built where the plan is (the collator), so the step only uploads them."""
+        probe_pair = torch.tensor([j for j, w in enumerate(self.windows) for _ in w], dtype=torch.long)
+        slot = torch.full((len(self.groups), max(len(g) for g in self.groups)), -1, dtype=torch.long)
+        for b, g in enumerate(self.groups):
+            slot[b, : len(g)] = torch.tensor(g, dtype=torch.long)
+        keep_k = torch.tensor([min(self.top_k, len(g)) for g in self.groups], dtype=torch.long)
+        return probe_pair, slot, keep_k
 
 
 @dataclass
@@ -525,7 +536,9 @@ def add_entropy_probes(plan: ViewPlan, batch: list[Encoded], cfg: ViewConfig, fi
             windows.append(list(range(len(probes), len(probes) + hi - lo)))
             probes += [((b, t), (b, t)) for t in range(lo, hi)]
     fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
-    out = EntropyPlan(**fields, entropy=EntropyChoice(cfg.entropy_top_k, n_real, groups, windows))
+    choice = EntropyChoice(cfg.entropy_top_k, n_real, groups, windows)
+    choice.indices = choice.host_indices()
+    out = EntropyPlan(**fields, entropy=choice)
     out.pairs = plan.pairs + probes
     return out
 
@@ -542,24 +555,20 @@ def next_token_entropy(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
 
 
-def chosen_pairs(entropy: torch.Tensor, choice: EntropyChoice) -> torch.Tensor:
+def chosen_pairs(entropy: torch.Tensor, choice: EntropyChoice, indices: tuple | None = None) -> torch.Tensor:
     """Indices (into the real pairs, ascending) of each example's top_k pairs by the maximum entropy of
-    their window, ties to the earlier pair (the fork's stable sort), on the device: no host sync."""
+    their window, ties to the earlier pair (the fork's stable sort), on the device with no host sync: the
+    host's index tensors go up through pinned memory without blocking, nothing is read back."""
+    from llmjepa_kernels.block_layout import to_device
+
     device = entropy.device
-    n_groups = len(choice.groups)
-    width = max(len(g) for g in choice.groups)
-    probe_pair = [j for j, w in enumerate(choice.windows) for _ in w]
-    at = torch.tensor(probe_pair, dtype=torch.long, device=device)
-    per_pair = torch.full((choice.n_real,), -torch.inf, device=device).scatter_reduce(0, at, entropy, "amax")
-    slot = torch.full((n_groups, width), -1, dtype=torch.long)  # (example, its k-th pair) -> pair, -1: none
-    for b, g in enumerate(choice.groups):
-        slot[b, : len(g)] = torch.tensor(g, dtype=torch.long)
-    slot = slot.to(device)
+    probe_pair, slot, keep_k = (to_device(t, device) for t in (indices or choice.host_indices()))
+    n_groups, width = slot.shape
+    per_pair = torch.full((choice.n_real,), -torch.inf, device=device).scatter_reduce(0, probe_pair, entropy, "amax")
     score = torch.where(slot >= 0, per_pair[slot.clamp(min=0)], -torch.inf)
     order = torch.sort(score, dim=1, descending=True, stable=True).indices
-    keep_k = torch.tensor([min(choice.top_k, len(g)) for g in choice.groups], device=device)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(width, device=device).expand(n_groups, width))
-    # empty slots write to a spare entry n_real (a scatter, not a boolean index: no host sync)
+    # empty slots write to a spare entry n_real (a scatter, not a boolean index, which would sync)
     at = torch.where(slot >= 0, slot, choice.n_real).flatten()
     kept = torch.zeros(choice.n_real + 1, dtype=torch.bool, device=device)
     kept = kept.scatter_(0, at, (rank < keep_k[:, None]).flatten())[: choice.n_real]
@@ -587,7 +596,7 @@ class ViewReadout:
         choice = getattr(plan, "entropy", None)
         if choice is not None:
             entropy = next_token_entropy(model, out.hidden[out.pred_index[choice.n_real :]])
-            keep = chosen_pairs(entropy, choice)
+            keep = chosen_pairs(entropy, choice, choice.indices)
             pred, target = pred[: choice.n_real][keep], target[: choice.n_real][keep]
         return Executed(out.ce_sum, hidden, pred, target, out.hidden_states)
 

@@ -422,3 +422,33 @@ def test_track_flop_stops_profiling_after_its_steps(tmp_path: Path):
     finally:
         profiled_flops.add_profiled_flops.__defaults__ = (original,)
     assert ["profiled_flops" in r for r in history] == [True, True, False]
+
+
+def test_entropy_filter_adds_no_host_device_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """test_sync_free's counter over fast-path microbatches with --entropy_filter (as on CUDA: the Triton
+    attention interpreted, the fused pair loss): choosing the pairs reads nothing back to the host."""
+    import os
+    from functools import partial
+
+    import test_sync_free as sf
+
+    from llmjepa.run import build_run, view_config
+    from llmjepa.views import readout_for
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("counts the CUDA path on the CPU: needs TRITON_INTERPRET=1")
+    argv = ["--batch_size", "2", "--grad_accum", "2", "--dtype", "float32", "--impl", "fast", "--lbd", "0.5"]
+    argv += ["--predictors", "1", "--num_prediction_steps", "3", "--entropy_filter", "--entropy_top_k", "1"]
+    argv += ["--jepa_layer", "-2", "--max_train_steps", "1", "--max_length", "160", "--output_dir", str(tmp_path)]
+    args = parse_args(argv)
+    trainer = build_run(args).trainer
+    assert trainer.loss_config.fused_pair_loss
+    trainer.executor = readout_for(partial(run_fast, attention="triton"), view_config(args))
+    trainer.__class__ = sf.CountedTrainer
+    with sf.counting(monkeypatch) as counter:
+        counter.mark([*trainer.model.parameters(), *trainer.model.buffers()])
+        trainer.counter = counter
+        trainer.train()
+    microbatch = [f"{s.kind}: {s.op} at {s.site}" for s in counter.syncs if s.phase == "microbatch"]
+    assert len(trainer.history) == 1 and trainer.history[0]["pairs"] == 4
+    assert not microbatch, "\n".join(microbatch)
