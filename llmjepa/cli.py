@@ -53,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--lora", action="store_true")
     model.add_argument("--lora_rank", type=int, default=16)
+    model.add_argument(
+        "--lora_target_modules",
+        default=None,
+        help="modules LoRA adapts: 'all-linear' or names joined by commas (default: upstream's q,k,v,o,gate,up,down)",
+    )
+    model.add_argument(
+        "--lora_freeze_new_tokens",
+        action="store_true",
+        help="keep the embedding rows of llmjepa's tokens (predictors, added chat markers) frozen under --lora, as "
+        "upstream does (default: they train, through peft's trainable_token_indices)",
+    )
+    model.add_argument("--merge_lora", action="store_true", help="save the final model with the adapters merged")
     model.add_argument("--pretrain", action="store_true", help="random init from the checkpoint's config")
     train = p.add_argument_group("training (upstream)")
     train.add_argument("--output_dir", help="default: a new folder runs/<date>-<time>-<mode>")
@@ -170,6 +182,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         )
         if given:
             raise UserError(f"--regular trains without views; it contradicts {', '.join(given)}")
+    if not args.lora:
+        given = [f for f in ("lora_target_modules", "lora_freeze_new_tokens", "merge_lora") if getattr(args, f)]
+        if given:
+            raise UserError(f"--{given[0]} applies to --lora")
     if args.lbd is None:
         args.lbd = 0.1
     if args.impl is None:
@@ -199,9 +215,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--step_separator must not be empty")
     from .stp import check_stp_args
 
-    layer, args.jepa_layer = args.jepa_layer, args.jepa_layer if args.linear else -1
-    check_stp_args(args)  # its STP-only list still names --jepa_layer, which every view mode reads now
-    args.jepa_layer = layer
+    check_stp_args(args)
     if args.regular and args.jepa_layer != -1:
         raise UserError("--regular trains without views; --jepa_layer chooses the layer the views read")
     check_paths(args)

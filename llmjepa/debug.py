@@ -39,10 +39,11 @@ def print_microbatch(
         f"loss sum: {ce_sum.item():.4f}  loss per token: {ce_sum.item() / max(tokens, 1):.6f}"
     )
     if plan.n_pairs:
-        pairs = ", ".join(f"{p}->{t}" for p, t in plan.pairs[:8])
-        print(
-            f"[debug] pairs: {plan.n_pairs} (row, token) predictor->target: {pairs}{' ...' if plan.n_pairs > 8 else ''}"
-        )
+        # --entropy_filter plans list probes after the real pairs; only the real ones are pairs
+        entropy = getattr(plan, "entropy", None)
+        real = plan.pairs[: entropy.n_real] if entropy is not None else plan.pairs
+        pairs = ", ".join(f"{p}->{t}" for p, t in real[:8])
+        print(f"[debug] pairs: {plan.n_pairs} (row, token) predictor->target: {pairs}{' ...' if len(real) > 8 else ''}")
         if cos is not None:
             c = cos.float()
             std = c.std().item() if c.numel() > 1 else 0.0

@@ -11,7 +11,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from .errors import UserError
-from .views import ViewConfig, render, tokenize, view1_messages
+from .views import ViewConfig, render, template_options, tokenize, view1_messages
 
 CHOICES = ("A", "B", "C", "D")
 
@@ -61,7 +61,10 @@ def single_message_ids(tokenizer: PreTrainedTokenizerBase, message: dict, cfg: V
         return tokenize(tokenizer, message["content"], cfg)
     role = "user" if cfg.merge_system else message["role"]
     text = tokenizer.apply_chat_template(
-        [{"role": role, "content": message["content"]}], tokenize=False, add_generation_prompt=True
+        [{"role": role, "content": message["content"]}],
+        tokenize=False,
+        add_generation_prompt=True,
+        **template_options(tokenizer),
     )
     return tokenize(tokenizer, text, cfg)
 

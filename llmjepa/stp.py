@@ -507,7 +507,7 @@ def check_stp_args(args: Any) -> None:
     given += ["--length_adjustment"] * (args.length_adjustment is not None)
     given += ["--random_span_times"] * (args.random_span_times != 1)
     given += ["--random_span_max_length"] * (args.random_span_max_length != -1)
-    given += ["--jepa_layer"] * (args.jepa_layer != -1) + ["--min_lbd"] * (args.min_lbd != 0)
+    given += ["--min_lbd"] * (args.min_lbd != 0)
     if mode is None:
         if given:
             raise UserError(f"{', '.join(given)} apply to --linear (STP) only")
