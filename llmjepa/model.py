@@ -19,6 +19,8 @@ class ModelSpec:
     pretrain: bool = False  # random weights from the checkpoint's config
     lora: bool = False
     lora_rank: int = 16
+    lora_target_modules: str | None = None  # None: upstream's projections; "all-linear"; or "q_proj,v_proj"
+    lora_train_new_tokens: bool = True  # the embedding rows of llmjepa's tokens train under LoRA (new_token_ids)
     dtype: str = "float32"
     seed: int = 42
     attn_implementation: str = "sdpa"
@@ -39,6 +41,7 @@ def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
     missing = [t for t in EXTRA_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    tokenizer.llmjepa_added_tokens = missing  # new_token_ids: their rows train under LoRA
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # upstream: pad = eos when there is none
     if getattr(tokenizer, "chat_template", None) is None:
@@ -81,22 +84,48 @@ def load_model(spec: ModelSpec | str, tokenizer: PreTrainedTokenizerBase) -> tor
         model.resize_token_embeddings(len(tokenizer))
     set_pad_token_id(model, tokenizer.pad_token_id)
     if spec.lora:
-        model = add_lora(model, spec.lora_rank)
+        tokens = new_token_ids(tokenizer) if spec.lora_train_new_tokens else []
+        model = add_lora(model, spec.lora_rank, spec.lora_target_modules, tokens)
     return model
 
 
-def add_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
-    """Upstream's LoRA: r, alpha 2r, dropout 0.1 on the attention and MLP projections."""
+UPSTREAM_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def new_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens llmjepa brings: the predictors and <|perception|> (never pre-trained), and the chat markers
+    load_tokenizer added to a checkpoint's tokenizer that lacked them. Their embedding rows start untrained."""
+    vocab = tokenizer.get_vocab()
+    names = [*PREDICTOR_TOKENS, "<|perception|>", *getattr(tokenizer, "llmjepa_added_tokens", [])]
+    return sorted({vocab[name] for name in names if name in vocab})
+
+
+def add_lora(
+    model: torch.nn.Module, rank: int, target_modules: str | None = None, token_ids: list[int] | None = None
+) -> torch.nn.Module:
+    """Upstream's LoRA: r, alpha 2r, dropout 0.1 on the attention and MLP projections (or `target_modules`:
+    "all-linear", or names joined by commas); the embedding rows of `token_ids` train too (peft's
+    trainable_token_indices; the LM head's rows with them where the weights are tied)."""
     from peft import LoraConfig, get_peft_model
 
+    if target_modules is None:
+        targets: str | list[str] = UPSTREAM_LORA_TARGETS
+    elif target_modules == "all-linear":
+        targets = target_modules
+    else:
+        targets = [name.strip() for name in target_modules.split(",") if name.strip()]
     config = LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
         lora_dropout=0.1,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        target_modules=targets,
+        trainable_token_indices=token_ids or None,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, config)
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as e:  # e.g. target modules the model does not have
+        raise UserError(f"--lora_target_modules {target_modules}: {' '.join(str(e).split())}") from None
     model.enable_input_require_grads()  # gradient checkpointing needs inputs that require grad
     return model
 
@@ -122,3 +151,11 @@ def set_pad_token_id(model: torch.nn.Module, pad_token_id: int | None) -> None:
     for config in (model.config, getattr(model, "generation_config", None)):
         if config is not None and getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = pad_token_id
+
+
+def save_merged(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: str) -> None:
+    """--merge_lora: the adapters (and the trained token rows) merged into the base weights, saved as a plain
+    model that loads without peft."""
+    merged = model.merge_and_unload()
+    merged.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)

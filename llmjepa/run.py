@@ -273,6 +273,8 @@ def load_model_from_args(args: argparse.Namespace, tokenizer, dtype: str) -> tor
         pretrain=args.pretrain,
         lora=args.lora,
         lora_rank=args.lora_rank,
+        lora_target_modules=args.lora_target_modules,
+        lora_train_new_tokens=not args.lora_freeze_new_tokens,
         dtype=dtype,
         seed=args.finetune_seed,
         attn_implementation=register_fast_attention() if args.impl == "fast" else "sdpa",
@@ -474,7 +476,14 @@ def wait_for_rank_zero() -> None:
 
 
 def finish(args: argparse.Namespace, run: Run) -> None:
-    run.trainer.save_model(args.output_dir)
+    if args.merge_lora:  # a plain model, loadable without peft (the adapters stay in the checkpoints)
+        from .model import save_merged
+
+        save_merged(
+            run.trainer.accelerator.unwrap_model(run.trainer.model), run.trainer.processing_class, args.output_dir
+        )
+    else:
+        run.trainer.save_model(args.output_dir)
     records = (
         [json.loads(line) for line in run.metrics_path.read_text().splitlines()] if run.metrics_path.exists() else []
     )
