@@ -1,4 +1,5 @@
-"""What the collator ships per microbatch: pickled bytes, and the time to pickle and unpickle them.
+"""What the collator costs and ships per microbatch: the time to collate, pickled bytes, and the time to
+pickle and unpickle them.
 
 With data-loader workers, each microbatch the collator returns is pickled in a worker and unpickled in
 the training process; the unpickling is the training process's cost. Measured here on real data
@@ -68,9 +69,11 @@ def main() -> None:
     options = {"keep_rows": ours.keep_rows} if "keep_rows" in ViewCollator.__init__.__code__.co_varnames else {}
     collate = ViewCollator(cfg, predictor_ids, pack=True, attention=shape, **options)
     parts: dict[str, list[tuple[int, float, float]]] = {"whole output": [], "stream + layout": [], "layout": []}
-    tokens = []
+    tokens, collate_us = [], []
     for b in range(len(encoded) // args.batch_size):
-        out = collate(encoded[b * args.batch_size : (b + 1) * args.batch_size])
+        batch = encoded[b * args.batch_size : (b + 1) * args.batch_size]
+        out = collate(batch)
+        collate_us.append(best_us(lambda batch=batch: collate(batch), ours.repeats))
         stream = out["plan"].packed
         tokens.append(stream.n_tokens)
         parts["whole output"].append(measure(out, ours.repeats))
@@ -80,6 +83,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {when}, {args.data_file}, N={args.num_prediction_steps}")
     print(f"K={args.predictors}, batch {args.batch_size}, {len(tokens)} microbatches, ")
     print(f"mean stream {statistics.mean(tokens):.0f} tokens, tiles {ours.tiles}, keep_rows {ours.keep_rows}\n")
+    print(f"collation (plan, packing, layout): median {statistics.median(collate_us):.0f} us per microbatch\n")
     print("| part | bytes | pickle (us) | unpickle (us) |\n|---|---|---|---|")
     for name, rows in parts.items():
         size, dump, load = (statistics.mean(x[i] for x in rows) for i in range(3))
