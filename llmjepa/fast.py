@@ -147,7 +147,7 @@ def uses_triton(backend: str | None, device: torch.device) -> bool:
     return backend == "triton" or (backend in (None, "auto") and device.type == "cuda")
 
 
-def tiled_attention_shape(model: nn.Module, backend: str, device: torch.device) -> AttentionShape | None:
+def tiled_attention_shape(model: nn.Module, backend: str | None, device: torch.device) -> AttentionShape | None:
     """The model's AttentionShape where run_fast's attention (`backend` as its `attention`, None for the
     per-device choice) reads tile lists: the Triton kernels, or FlexAttention's BlockMask; else None (the
     PyTorch form reads the ranges only)."""
