@@ -87,9 +87,18 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     for field, reason in REFUSED.items():
         if field in overrides:
             raise UserError(f"--{field}: not supported ({reason})")
+    if overrides.get("fsdp") and not cuda_available():
+        # accelerate builds FSDP for GPUs only: on the CPU the Trainer would train as plain DDP without a word
+        raise UserError("--fsdp needs CUDA (accelerate runs FSDP on GPUs only; use torchrun alone for CPU ranks)")
     args.training_overrides = overrides
     check_precision(args, overrides)
     return args
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def check_precision(args: argparse.Namespace, overrides: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ def write(path: Path, text: str) -> Path:
 def test_training_arguments_fields_and_aliases(tmp_path: Path) -> None:
     args = parse_args(
         ["--output_dir", str(tmp_path), "--report_to", "tensorboard", "--lr_scheduler_type", "cosine"]
-        + ["--warmup_ratio", "0.1", "--weight_decay", "0.01", "--fsdp", "full_shard auto_wrap"]
+        + ["--warmup_ratio", "0.1", "--weight_decay", "0.01", "--deepspeed", "ds.json"]
         + ["--per_device_train_batch_size", "5", "--max_steps", "7", "--learning_rate", "3e-4"]
     )
     assert args.training_overrides == {
@@ -37,7 +37,7 @@ def test_training_arguments_fields_and_aliases(tmp_path: Path) -> None:
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.1,  # transformers 5's warmup_steps below 1 is a ratio
         "weight_decay": 0.01,
-        "fsdp": "full_shard auto_wrap",
+        "deepspeed": "ds.json",
     }
     # the fields that upstream flags already are: aliases of upstream's names
     assert (args.batch_size, args.max_train_steps, args.learning_rate) == (5, 7, 3e-4)
@@ -84,6 +84,11 @@ def test_bad_config_is_one_line_naming_file_and_line(
         (["--bf16", "--dtype", "bfloat16"], "--bf16 is mixed precision over float32 weights; --dtype bfloat16"),
         (["--bf16", "--fp16"], "--bf16 and --fp16 are two mixed precisions"),
         (["--remove_unused_columns", "true"], "--remove_unused_columns: not supported"),
+        pytest.param(
+            ["--fsdp"],
+            "--fsdp needs CUDA",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only refusal"),
+        ),
         (["--warmup_ratio", "1.5"], "--warmup_ratio 1.5: must be in [0, 1)"),
         (["--config", "missing.yaml"], "--config missing.yaml: no such file"),
     ],
@@ -138,3 +143,42 @@ def test_one_checkpoint_per_epoch_under_two_ranks(tmp_path: Path) -> None:
     assert checkpoints == [2, 4]
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["epoch"] == 2.0 and state["global_step"] == 4
+
+
+FSDP_PROBE = """
+import json, os, sys
+import torch.distributed as dist
+from llmjepa.cli import parse_args
+from llmjepa.run import build_run
+
+run = build_run(parse_args(sys.argv[1:]))
+run.trainer.train()
+if dist.get_rank() == 0:
+    record = {"fsdp": run.trainer.is_fsdp_enabled, "losses": [r["loss"] for r in run.trainer.history]}
+    print("PROBE " + json.dumps(record), flush=True)
+dist.barrier()
+sys.stdout.flush()
+os._exit(0)  # as cli.exit_torchrun_worker: no process-group teardown after the work is done
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate runs FSDP on GPUs only: the GPU acceptance run")
+def test_fsdp_trains_as_ddp_does(tmp_path: Path) -> None:
+    """--fsdp through TrainingArguments engages FSDP (2 GPUs where there are, else 1) and follows DDP's losses."""
+    lines = sample_data_path("train").read_text(encoding="utf-8").splitlines()[:16]
+    data = write(tmp_path / "sixteen.jsonl", "".join(line + "\n" for line in lines))
+    probe = write(tmp_path / "probe.py", FSDP_PROBE)
+    fsdp_config = write(tmp_path / "fsdp.json", json.dumps({"version": 2}))
+    ranks = str(min(2, torch.cuda.device_count()))
+    results = {}
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp", "--fsdp_config", str(fsdp_config)])):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", ranks, "--master_addr", "127.0.0.1"]
+        cmd += ["--master_port", str(free_port()), str(probe), "--train_file", str(data), "--regular"]
+        cmd += ["--max_train_steps", "3", "--batch_size", "2", "--grad_accum", "2", "--learning_rate", "1e-3"]
+        cmd += ["--dtype", "float32", "--impl", "reference", "--output_dir", str(tmp_path / name), *extra]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        probe_line = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
+        results[name] = json.loads(probe_line[-1][len("PROBE ") :])
+    assert results["fsdp"]["fsdp"] and not results["ddp"]["fsdp"]
+    assert results["fsdp"]["losses"] == pytest.approx(results["ddp"]["losses"], rel=1e-4)
