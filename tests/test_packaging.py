@@ -196,3 +196,38 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert command.endswith("pytest -q") and '-e ".[test]"' in command
     indented = [line for line in readme.splitlines() if line.startswith("    ") and "pytest" in line]
     assert not indented, "the README's commands are in fenced bash blocks"
+
+
+def test_wheel_holds_both_packages_typed_with_license_and_entry_points(tmp_path: Path) -> None:
+    """Build the wheel from a copy of the sources (the checkout stays clean) and read what it holds."""
+    import shutil
+    import zipfile
+
+    pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("llmjepa", "kernels"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    cmd = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w"]
+    result = run([*cmd, str(tmp_path / "dist")], tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("llmjepa-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        info = next(n for n in names if n.endswith(".dist-info/METADATA")).rsplit("/", 1)[0]
+        metadata = z.read(f"{info}/METADATA").decode()
+        entry_points = z.read(f"{info}/entry_points.txt").decode()
+    assert {"llmjepa/py.typed", "llmjepa_kernels/py.typed", "llmjepa/__main__.py"} <= names
+    assert {"llmjepa_kernels/block_causal_attention.py", "llmjepa_kernels/cosine_loss.py"} <= names
+    assert "llmjepa/data/tokenizer.json" in names and f"{info}/licenses/LICENSE" in names
+    assert not any(n.startswith("kernels/") for n in names)  # never installed under the name `kernels`
+    assert f"Version: {llmjepa.__version__}" in metadata and "License-Expression: Apache-2.0" in metadata
+    for requirement in PROJECT["dependencies"]:
+        assert (
+            f"Requires-Dist: {requirement_name(requirement)}"
+            in metadata.lower().replace("-", "_").replace("requires_dist", "Requires-Dist")
+            or requirement_name(requirement) in metadata.lower()
+        )
+    assert "llmjepa-train = llmjepa.cli:main" in entry_points
