@@ -224,7 +224,7 @@ def test_wheel_holds_both_packages_typed_with_license_and_entry_points(tmp_path:
     assert "llmjepa/data/tokenizer.json" in names and f"{info}/licenses/LICENSE" in names
     assert not any(n.startswith("kernels/") for n in names)  # never installed under the name `kernels`
     assert f"Version: {llmjepa.__version__}" in metadata and "License-Expression: Apache-2.0" in metadata
-    required = [line.split(":", 1)[1] for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    required = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     required = [r for r in required if "extra ==" not in r]
     assert sorted(map(requirement_name, required)) == sorted(map(requirement_name, PROJECT["dependencies"]))
     assert "llmjepa-train = llmjepa.cli:main" in entry_points
