@@ -57,7 +57,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
             choices=action.choices,
             metavar=action.metavar or (None if action.choices else action.dest.upper()),
             default=argparse.SUPPRESS,
-            help=f"TrainingArguments.{action.dest} (its default: {action.default})",
+            help=f"TrainingArguments.{action.dest} (its default: {action.default})".replace(
+                "%", "%%"
+            ),  # argparse formats %
         )
     if "--warmup_ratio" not in parser._option_string_actions:  # transformers >= 5.x: warmup_steps < 1 is a ratio
         group.add_argument(
