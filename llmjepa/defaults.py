@@ -114,7 +114,11 @@ def library_defaults(
             pack=is_fast(executor),
             keep_rows=loss_config.debug > 0,  # only --debug's printing reads the rows of a packed plan
         )
-    return kwargs, loss_config, executor
+    from .views import readout_for
+
+    # --jepa_layer and --entropy_filter read their pairs through a wrapper; wrapped after the collator,
+    # which asks whether the bare executor is the fast one
+    return kwargs, loss_config, readout_for(executor, cfg)
 
 
 def trainer_keywords(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -199,3 +199,29 @@ def test_non_finite_loss_stops_the_library_run(tmp_path: Path) -> None:
     assert e.value.step == 2 and e.value.record["loss"] is None
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())  # step 1 was applied
+
+
+@pytest.mark.parametrize(
+    "view_config",
+    [
+        ViewConfig(num_prediction_steps=2, predictors=1, jepa_layer=1),
+        ViewConfig(num_prediction_steps=3, predictors=1, entropy_top_k=1),
+    ],
+    ids=["jepa_layer", "entropy_filter"],
+)
+def test_views_that_read_through_a_wrapper_get_it(tmp_path: Path, view_config: ViewConfig) -> None:
+    """--jepa_layer and --entropy_filter pairs are read by views.ViewReadout; the library path must wrap its
+    default executor as llmjepa-train does, else the pairs would silently read the last layer (or the probes)."""
+    from llmjepa.views import ViewReadout
+
+    tokenizer = build_default_tokenizer()
+    trainer = JepaTrainer(
+        model=build_default_model(tokenizer, seed=3),
+        args=training_args(tmp_path),
+        train_dataset=rows(),
+        processing_class=tokenizer,
+        view_config=view_config,
+    )
+    assert isinstance(trainer.executor, ViewReadout)
+    trainer.train()
+    assert all(math.isfinite(r["loss"]) for r in trainer.history)
