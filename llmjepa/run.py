@@ -370,6 +370,9 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> JepaTraine
     resume_from = resume_point(args)  # before anything is loaded: a bad checkpoint fails in a second
     if resume_from and finished_already(args, resume_from):
         return None
+    if getattr(args, "training_overrides", None):  # contradictory TrainingArguments fields, before anything loads
+        has_eval = bool(args.eval_file or args.data_file)
+        training_arguments(args, args.batch_size * args.grad_accum, has_eval, resolve_device_defaults(args)[1])
     run = build_run(args)
     if run.trainer.is_world_process_zero():
         prepare_metrics_file(run.metrics_path, resume_from)

@@ -99,6 +99,22 @@ def test_bad_training_flags(tmp_path: Path, capsys: pytest.CaptureFixture, argv:
     assert len(err.splitlines()) == 1 and message in err, err
 
 
+def test_contradictory_training_arguments_fail_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmjepa.run
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data or model loaded before TrainingArguments were checked")
+
+    monkeypatch.setattr(llmjepa.run, "build_run", no_loading)
+    argv = ["--load_best_model_at_end", "--eval_strategy", "epoch", "--save_steps", "3"]
+    assert main([*argv, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("llmjepa-train: error: TrainingArguments: --load_best_model_at_end requires")
+    assert len(err.splitlines()) == 1
+
+
 def test_schedule_report_to_and_bf16_mixed_precision_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard)")
     out, ref = tmp_path / "out", tmp_path / "ref"
