@@ -405,17 +405,16 @@ def candidates(args: argparse.Namespace, example: Example, dtype: torch.dtype) -
     takes its forward from the fastest forward and its two backward kernels from the fastest backward."""
     try:
         triton_available(args)
-        from llmjepa_kernels import block_causal_attention as attention
+        # the module, not the package's function of the same name
+        from llmjepa_kernels.block_causal_attention import candidate_configs, default_config
     except (Skip, ImportError) as reason:
         return {"status": f"skipped: {reason}", "records": []}
-    if not hasattr(attention, "candidate_configs"):
-        return {"status": "skipped: kernels/block_causal_attention.py has no candidate_configs yet", "records": []}
     tokens = args.tokens[0]
     ranges = jepa_layout(tokens, example, args.device)
     inputs = make_qkv(tokens, args, dtype)
     dout = torch.randn_like(inputs[0])
     records = []
-    for index, config in enumerate(attention.candidate_configs(args.head_dim, dtype)):
+    for index, config in enumerate(candidate_configs(args.head_dim, dtype)):
         record = {"candidate": index, "tokens": tokens, "config": config_dict(config)}
         try:
             fn = triton_fn(ranges, config)
@@ -432,7 +431,7 @@ def candidates(args: argparse.Namespace, example: Example, dtype: torch.dtype) -
         return {"status": "failed: no candidate ran", "records": records}
     fastest_fwd = min(ok, key=lambda r: r["fwd_ms"])
     fastest_bwd = min(ok, key=lambda r: r["bwd_ms"])
-    default = config_dict(attention.default_config(args.head_dim, dtype))
+    default = config_dict(default_config(args.head_dim, dtype))
     chosen = {
         "forward": fastest_fwd["config"]["forward"],
         "dkdv": fastest_bwd["config"]["dkdv"],
