@@ -83,14 +83,16 @@ def parse_object(obj: Any, path: Path | str, line: int | None) -> Example:
     return Example(messages=[{"role": m["role"], "content": m["content"]} for m in messages], source=source)
 
 
-def load_examples(path: str | Path) -> list[Example]:
+def load_examples(path: str | Path, view_fields: bool | None = None) -> list[Example]:
+    """view_fields: read hellaswag's "text"/"code" views (training); None: by the file's name; evaluation,
+    which reads "messages" alone, passes False."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory; expected a JSONL file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     examples = []
-    view_fields = has_view_fields(path)
+    view_fields = has_view_fields(path) if view_fields is None else view_fields
     with path.open("rb") as f:  # bytes, so that a decoding error can name its line
         for line, raw in enumerate(f, start=1):
             try:

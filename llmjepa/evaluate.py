@@ -138,7 +138,7 @@ def settings_from(args: argparse.Namespace) -> GenerationSettings:
 
 # ---- data and references --------------------------------------------------------------------
 def load_input(args: argparse.Namespace) -> list[Example]:
-    examples = load_examples(args.input_file)
+    examples = load_examples(args.input_file, view_fields=False)  # hellaswag's Text/Code views train only
     if args.max_examples:
         examples = examples[: args.max_examples]
     check_references(examples, args)
