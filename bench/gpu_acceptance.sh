@@ -107,8 +107,12 @@ if [ "$DRY" = 1 ]; then
     --output "$OUT_DIR/tiles_d16.md"
   skip aot "dry run: compiling every kernel with ptxas takes minutes on this CPU; CI runs aot_compile.py itself"
 else
-  step tests 420 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_block_causal_attention.py \
-    tests/test_cosine_loss.py tests/test_hf_attention.py --junitxml "$OUT_DIR/tests.xml"
+  # every test that skips without CUDA: kernels, fast path, no-sync checks, flex, FSDP vs DDP
+  step tests 480 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_block_causal_attention.py \
+    tests/test_cosine_loss.py tests/test_hf_attention.py tests/test_flex_attention.py \
+    tests/test_sync_free.py::test_no_sync_in_a_cuda_microbatch \
+    tests/test_kernel_compile.py::test_no_cuda_sync_in_kernel_wrappers \
+    tests/test_training_arguments.py::test_fsdp_trains_as_ddp_does --junitxml "$OUT_DIR/tests.xml"
   step attention 360 "$PY" bench/bench_attention.py --tokens 4096 8192 16384 32768 --output "$OUT_DIR/attention.md"
   step step 360 "$PY" bench/bench_step.py --config llama-1b --rounds 5 --microbatches 4 --out_dir "$OUT_DIR" \
     --name step
