@@ -40,6 +40,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_memory import reset_peak_rss, rss_kib  # noqa: E402
+
 from llmjepa.lm_head import LogitTransform, linear_ce_applies, lm_head_cross_entropy_sum  # noqa: E402
 
 WAYS = ("logits", "chunks", "linear_ce")
@@ -106,24 +109,6 @@ def time_ways(shape: Shape, device: torch.device, rounds: int, ways: tuple[str, 
 
 
 # ---- memory -----------------------------------------------------------------------------------------------
-def rss_kib(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_extra_mib(way: str, shape: Shape, device: torch.device) -> dict:
     """Peak memory above the inputs during one step of `way`, in this process (fresh for the CPU)."""
     hidden, targets, head = make_inputs(shape, device)

@@ -77,6 +77,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import floor  # noqa: E402  (bench/floor.py)
+from bench_memory import reset_peak_rss, rss_kib  # noqa: E402
 
 from llmjepa.collate import ViewCollator  # noqa: E402
 from llmjepa.data import Example, load_examples  # noqa: E402
@@ -493,26 +494,6 @@ def timed_round(model, optimizer, runner: Runner, args: argparse.Namespace, devi
 
 
 # ---- memory in a fresh process (CPU) -------------------------------------------------------------
-def rss_kib(field_name: str) -> int | None:
-    """VmRSS or VmHWM of this process in KiB, from /proc/self/status (None where there is none)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current resident set (Linux >= 4.0); False where refused."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def release_free_memory() -> None:
     gc.collect()
     try:
