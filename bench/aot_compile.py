@@ -40,11 +40,12 @@ import importlib
 
 import torch
 import triton
-from llmjepa_kernels.block_causal_attention import AttentionConfig, BlockCausalLayout
 from triton._C.libtriton import ir
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import JITFunction, create_function_from_signature
+
+from llmjepa_kernels.block_causal_attention import AttentionConfig, BlockCausalLayout
 
 # The modules, not the functions of the same names that llmjepa_kernels exports.
 attention = importlib.import_module("llmjepa_kernels.block_causal_attention")

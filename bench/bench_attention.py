@@ -7,12 +7,12 @@
 Methods (each maps q (T, Hq, D), k, v (T, Hkv, D) to the output):
   sdpa_dense    SDPA with the equivalent dense additive mask, K/V repeated to Hq heads (what transformers' sdpa path
                 does with a 4-D mask, as upstream trains); skipped where the mask does not fit.
-  flex          FlexAttention (compiled) with a BlockMask from the same ranges (kernels/flex_attention.py where it
-                exists, else a mask_mod over the ranges); no backward on the CPU.
+  flex          FlexAttention (compiled) with a BlockMask from the same ranges (llmjepa_kernels/flex_attention.py
+                where it exists, else a mask_mod over the ranges); no backward on the CPU.
   sdpa_view1    SDPA causal on view 1 of every example alone (flash backend on CUDA): the plain-SFT attention cost.
   fa4_view1     flash-attn-4 (flash_attn.cute.flash_attn_varlen_func) causal on the view-1 segments, where installed.
   triton        llmjepa_kernels.block_causal_attention.
-  torch_form    the PyTorch form of the same ranges (kernels/torch_attention.py): the CPU and no-Triton path.
+  torch_form    the PyTorch form of the same ranges (llmjepa_kernels/torch_attention.py): the CPU and no-Triton path.
   flash_varlen  flash-attn 2 varlen on the stream with the shared ranges removed (the layout cu_seqlens can express),
                 where installed.
 A method that is missing or raises (Triton compile and resource errors included) is recorded with its reason;
@@ -177,7 +177,7 @@ def flex_fn(ranges: tuple[torch.Tensor, ...]) -> Callable[..., torch.Tensor]:
 
 
 def stock_flex_fn(ranges: tuple[torch.Tensor, ...]) -> Callable[..., torch.Tensor]:
-    """FlexAttention with the ranges as a mask_mod (before kernels/flex_attention.py existed)."""
+    """FlexAttention with the ranges as a mask_mod (before llmjepa_kernels/flex_attention.py existed)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     a, b, s = ranges

@@ -34,6 +34,7 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is first imported, just below
 
 import triton  # noqa: E402
+
 from llmjepa_kernels import cosine_jepa_loss  # noqa: E402
 from llmjepa_kernels.block_causal_attention import interpreted  # noqa: E402
 

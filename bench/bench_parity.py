@@ -216,10 +216,9 @@ def device_name() -> str:
 
 def fast_kernels() -> str:
     """What the fast executor's attention and pair loss ran on in this process (its own choices)."""
-    from llmjepa_kernels.block_causal_attention import interpreted
-
     from llmjepa.fast import attention_backend
     from llmjepa.run import fused_pair_loss
+    from llmjepa_kernels.block_causal_attention import interpreted
 
     cuda = torch.cuda.is_available()
     where = "CUDA" if cuda else "the CPU interpreter"

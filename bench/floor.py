@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_QUERY_BLOCK = 256  # kernels/torch_attention.py's query block, used if that module does not import
+TORCH_QUERY_BLOCK = 256  # llmjepa_kernels/torch_attention.py's query block, used if that module does not import
 Ranges = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # shared_start, shared_end, causal_start
 
 
@@ -141,7 +141,7 @@ def visible_pairs(ranges: Ranges) -> int:
 def touched_tiles(ranges: Ranges, block_m: int, block_n: int) -> int:
     """(block_m query x block_n key) tiles holding at least one visible pair: what the Triton kernels visit.
 
-    A difference array per query block over key blocks (as kernels/block_layout.py builds its lists),
+    A difference array per query block over key blocks (as llmjepa_kernels/block_layout.py builds its lists),
     so no T x T tensor: each query adds its two ranges' key-block intervals."""
     a, b, s = (x.long() for x in ranges)
     t = a.numel()
@@ -163,7 +163,7 @@ def tile_pairs(ranges: Ranges, block_m: int, block_n: int) -> int:
 
 
 def torch_form_pairs(ranges: Ranges, query_block: int | None = None) -> int:
-    """Pairs the PyTorch form of the attention computes (kernels/torch_attention.py).
+    """Pairs the PyTorch form of the attention computes (llmjepa_kernels/torch_attention.py).
 
     Uses that module's own count where it has one; else the form as of this writing: query blocks of
     TORCH_QUERY_BLOCK, each against the key window from the lowest start of its ranges to its last query
@@ -193,7 +193,7 @@ def _torch_query_block() -> int:
 
 
 def _torch_attention_count(ranges: Ranges, query_block: int | None) -> int | None:
-    """The kernels helper's counting function, when kernels/torch_attention.py has one."""
+    """The kernels helper's counting function, when llmjepa_kernels/torch_attention.py has one."""
     try:
         from llmjepa_kernels import torch_attention
     except ImportError:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+
 from llmjepa_kernels.block_causal_attention import (
     AttentionConfig,
     BlockCausalLayout,

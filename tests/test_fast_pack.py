@@ -208,9 +208,8 @@ MODES = {
 
 @pytest.fixture(scope="module")
 def models_and_data():
-    from llmjepa_kernels import hf_attention
-
     from llmjepa.data import load_examples
+    from llmjepa_kernels import hf_attention
 
     hf_attention.register()
     tokenizer = load_tokenizer(DEFAULT_MODEL_NAME)

@@ -1,4 +1,4 @@
-"""The FlexAttention backend (kernels/flex_attention.py) against float64 dense-mask attention.
+"""The FlexAttention backend (llmjepa_kernels/flex_attention.py) against float64 dense-mask attention.
 
 What runs where (torch 2.13): the compiled flex kernel runs forward on the CPU (Inductor's C++
 template, which visits the BlockMask's tiles) and forward and backward on CUDA; torch refuses a flex
@@ -24,6 +24,7 @@ import pytest
 import torch
 import torch.nn.attention.flex_attention as torch_flex
 import torch.nn.functional as F
+
 from llmjepa_kernels import flex_attention
 from llmjepa_kernels.block_layout import BlockCausalLayout
 from llmjepa_kernels.flex_attention import FLEX_BLOCK, flex_block_causal_attention, flex_block_mask
@@ -191,12 +192,11 @@ def test_cuda_forward_and_backward(dtype: torch.dtype) -> None:
 
 # ---- a whole model ---------------------------------------------------------------------------------------
 def plan_and_models(mode: dict, dtype: str):
-    from llmjepa_kernels import hf_attention
-
     from llmjepa.data import load_examples
     from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
     from llmjepa.model import ModelSpec, load_model, load_tokenizer
     from llmjepa.views import ViewConfig, build_plan, encode_all
+    from llmjepa_kernels import hf_attention
 
     hf_attention.register()
     tokenizer = load_tokenizer(DEFAULT_MODEL_NAME)

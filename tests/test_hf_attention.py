@@ -13,11 +13,12 @@ import random
 
 import pytest
 import torch
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM, masking_utils
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_causal_mask
+
 from llmjepa_kernels import hf_attention, torch_attention
 from llmjepa_kernels.block_layout import BlockCausalLayout
 from llmjepa_kernels.hf_attention import ATTENTION_NAME, block_causal_attention_forward, register
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM, masking_utils
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_causal_mask
 
 BASE_SEED = int(os.environ.get("LLMJEPA_TEST_SEED", random.SystemRandom().randrange(2**31)))
 VOCAB = 100
@@ -255,8 +256,9 @@ def test_pytorch_form_matches_float64_reference(monkeypatch: pytest.MonkeyPatch,
     """The PyTorch form (query blocks over key windows) on randomized layouts, blocks of 16 queries so
     that layouts span several blocks, shared ranges past their query included: forward and gradients in
     float64 equal the dense reference."""
-    from llmjepa_kernels.block_causal_attention import BlockCausalLayout
     from test_block_causal_attention import dense_mask, random_layout, reference_with_grads
+
+    from llmjepa_kernels.block_causal_attention import BlockCausalLayout
 
     monkeypatch.setattr(torch_attention, "TORCH_QUERY_BLOCK", 16)
     rng = random.Random(BASE_SEED + 400 + case)

@@ -1,5 +1,5 @@
 """Packaging: metadata, version, license, declared dependencies against the imports, `python -m llmjepa`, the
-optional plot, the kernels/ folder beside an installed `kernels` package, and the README's CI command."""
+optional plot, llmjepa_kernels beside an installed `kernels` package, and the README's CI command."""
 
 from __future__ import annotations
 
@@ -69,14 +69,14 @@ def test_version_and_license() -> None:
     assert PROJECT["license"] == "Apache-2.0" and PROJECT["license-files"] == ["LICENSE"]
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
-    for package in ("llmjepa", "kernels"):
+    for package in ("llmjepa", "llmjepa_kernels"):
         assert (ROOT / package / "py.typed").is_file()
 
 
 def test_every_dependency_is_imported_and_every_import_declared() -> None:
     """A declared dependency the code never imports is dropped; what the code imports is declared, the
     unconditional imports in `dependencies`, optional ones (inside a function or behind a check) in an extra."""
-    code = third_party({**imported_modules(ROOT / "kernels"), **imported_modules(ROOT / "llmjepa")})
+    code = third_party({**imported_modules(ROOT / "llmjepa_kernels"), **imported_modules(ROOT / "llmjepa")})
     required = {import_name(r) for r in PROJECT["dependencies"]}
     extras = {name: {import_name(r) for r in reqs} for name, reqs in PROJECT["optional-dependencies"].items()}
     assert required <= set(code), f"declared but never imported: {required - set(code)}"
@@ -134,12 +134,7 @@ def _report():
     spec = importlib.util.find_spec("kernels")
     from kernels import get_kernel
 
-    import os
-    import sys
-
-    folders = [os.path.abspath(p or os.curdir) for p in sys.path]
     print("KERNELS", spec.origin, get_kernel("x"), flush=True)
-    print("FOLDERS", "|".join(folders), flush=True)
 
 
 atexit.register(_report)
@@ -158,19 +153,17 @@ def fake_kernels_site(tmp_path: Path) -> Path:
     return site
 
 
-def test_train_py_does_not_put_the_kernels_folder_on_the_path(fake_kernels_site: Path) -> None:
+def test_train_py_leaves_the_name_kernels_to_the_installed_package(fake_kernels_site: Path) -> None:
     (fake_kernels_site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     result = run([sys.executable, "train.py", "--help"], ROOT, {"PYTHONPATH": str(fake_kernels_site)})
     assert result.returncode == 0, result.stderr[-3000:]
     line = [x for x in result.stdout.splitlines() if x.startswith("KERNELS ")]
     assert line == [f"KERNELS {fake_kernels_site / 'kernels' / '__init__.py'} fake kernel x"], result.stdout[-2000:]
-    folders = result.stdout.split("FOLDERS ", 1)[1].splitlines()[0].split("|")
-    assert str(ROOT) not in folders  # the script's own folder left sys.path before llmjepa was imported
 
 
 def test_installed_kernels_package_wins_from_the_repo_root(fake_kernels_site: Path) -> None:
-    """`python -c` from the repo root puts the root (and its kernels/ folder) first on sys.path: the folder
-    hands the name over to the installed package; llmjepa_kernels is still the repo's."""
+    """`python -c` from the repo root puts the root first on sys.path: nothing there is named `kernels`, so the
+    installed package answers to that name; llmjepa_kernels is the repo's."""
     code = textwrap.dedent(
         """
         from kernels import get_kernel
@@ -183,7 +176,7 @@ def test_installed_kernels_package_wins_from_the_repo_root(fake_kernels_site: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = result.stdout.strip().splitlines()[-2:]
     assert first == f"{fake_kernels_site / 'kernels' / '__init__.py'} fake kernel x 0.1.0"
-    assert second == f"{ROOT / 'kernels' / '__init__.py'} True"
+    assert second == f"{ROOT / 'llmjepa_kernels' / '__init__.py'} True"
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -206,7 +199,7 @@ def test_wheel_holds_both_packages_typed_with_license_and_entry_points(tmp_path:
     pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("llmjepa", "kernels"):
+    for folder in ("llmjepa", "llmjepa_kernels"):
         shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
     for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)

@@ -93,7 +93,7 @@ def call_site() -> tuple[str, str]:
 def cpu_only_branch(site: str, line: str) -> bool:
     """cosine_jepa_loss's index check runs on CPU tensors whatever check_indices says (no sync there);
     on CUDA the trainer's check_indices=False skips it."""
-    return site.startswith("kernels/cosine_loss.py") and "cosine_jepa_loss" in site and "index" in line
+    return site.startswith("llmjepa_kernels/cosine_loss.py") and "cosine_jepa_loss" in site and "index" in line
 
 
 class SyncCounter(TorchDispatchMode):
@@ -176,6 +176,7 @@ def counting(monkeypatch: pytest.MonkeyPatch):
     """The dispatch mode plus wrappers for what does not reach the dispatcher on the CPU (downloads,
     uploads), and the counter paused inside the Triton interpreter's launches."""
     import triton.runtime.interpreter as interpreter
+
     from llmjepa_kernels import block_layout
 
     counter = SyncCounter()
@@ -379,9 +380,8 @@ def test_collator_builds_only_the_lists_the_kernels_read(tmp_path: Path) -> None
     tile masks) and the move to a device."""
     import pickle
 
-    from llmjepa_kernels.block_causal_attention import default_config
-
     from llmjepa.fast import kernel_tiles
+    from llmjepa_kernels.block_causal_attention import default_config
 
     argv = ["--impl", "fast", "--lbd", "0.5", "--predictors", "1", "--num_prediction_steps", "2"]
     trainer = build_run(parse_args([*argv, "--output_dir", str(tmp_path)])).trainer
@@ -407,9 +407,8 @@ def test_collator_builds_only_the_lists_the_kernels_read(tmp_path: Path) -> None
 def test_kernel_tiles_on_a_gpu_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """With three tile shapes (bf16, head_dim 128 on a GPU), three lists: not both directions of each."""
     attention = importlib.import_module("llmjepa_kernels.block_causal_attention")  # the package's name is the function
-    from llmjepa_kernels.block_layout import BlockCausalLayout
-
     from llmjepa.fast import AttentionShape, kernel_tiles
+    from llmjepa_kernels.block_layout import BlockCausalLayout
 
     gpu = attention.AttentionConfig(
         forward=attention.KernelConfig(128, 64), dkdv=attention.KernelConfig(64, 32), dq=attention.KernelConfig(64, 64)

@@ -1,4 +1,4 @@
-"""The PyTorch form of the block-causal attention (kernels/torch_attention.py) against a dense float64
+"""The PyTorch form of the block-causal attention (llmjepa_kernels/torch_attention.py) against a dense float64
 reference on randomized streams of JEPA-like examples; its blocks, windows and cache; the pair counts.
 
 Streams are examples back to back, each a view 1 (causal), views that share a prefix of it, step
@@ -13,9 +13,10 @@ import random
 
 import pytest
 import torch
+from torch.profiler import profile
+
 from llmjepa_kernels import torch_attention
 from llmjepa_kernels.block_layout import BlockCausalLayout, tile_pairs, visible_pairs
-from torch.profiler import profile
 
 SEED = int(os.environ.get("LLMJEPA_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
