@@ -137,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--impl fast's attention: the Triton kernel, torch's FlexAttention (trains on CUDA only) or the "
         "PyTorch form; default: triton on CUDA, torch on the CPU",
     )
+    ours.add_argument(
+        "--kernel_check",
+        choices=["auto", "strict", "off"],
+        default="auto",
+        help="--impl fast on CUDA: before the first step, the attention backend against the PyTorch form on a "
+        "small layout at the run's dtype and heads (verdict cached per device and versions). auto: on a mismatch "
+        "one line, then the PyTorch form; strict: stop with exit status 4; off: no check",
+    )
     ours.add_argument("--max_train_steps", type=int, default=-1)
     ours.add_argument("--logging_steps", type=int, default=1)
     ours.add_argument("--save_steps", type=int, default=0, help="checkpoint every N steps (0: every epoch)")

@@ -26,6 +26,7 @@ from torch import nn
 
 from .errors import UserError
 from .execute import Executed, model_dtype_device
+from .kernel_check import checked_backend
 from .lm_head import head_transform, lm_head_cross_entropy_sum
 from .pack import PackedStream, pack_plan
 from .plan import ViewPlan
@@ -202,14 +203,16 @@ def run_fast(
     pad_token_id: int | None = None,
     attention: str | None = None,
     lm_head_method: str = "auto",
+    kernel_check: str = "auto",
 ) -> Executed:
     """Run a plan as one packed stream (module docstring). The model's attention implementation must
     be llmjepa_kernels.hf_attention.ATTENTION_NAME. pad_token_id is unused: there is no padding.
     attention: "triton", "flex" or "torch" to override the per-device choice (tests run the kernel on CPU).
-    lm_head_method: lm_head.LM_HEAD_METHODS ("auto": F.linear_cross_entropy where it applies, else chunks)."""
+    lm_head_method: lm_head.LM_HEAD_METHODS ("auto": F.linear_cross_entropy where it applies, else chunks).
+    kernel_check: "auto", "strict" or "off": the backend's self-check on a CUDA device (llmjepa/kernel_check.py)."""
     _, device = model_dtype_device(model)
     check_attention_is_ours(model)
-    backend = attention or attention_backend(device)
+    backend = checked_backend(attention or attention_backend(device), model, device, kernel_check)
     stream = plan.packed if plan.packed is not None else pack_plan(plan)
     shape = tiled_attention_shape(model, backend, device)
     if getattr(stream, "layout", None) is None:  # not packed by the collator: build the layout here, on the host

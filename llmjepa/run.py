@@ -301,6 +301,7 @@ def register_fast_attention() -> str:
 def executor_for(args: argparse.Namespace, pad_token_id: int) -> Executor:
     if args.impl == "fast":  # --attention_backend: resolved by cli.check_args (None: run_fast's per-device choice)
         executor = partial(run_fast, pad_token_id=pad_token_id, attention=getattr(args, "attention_backend", None))
+        executor.keywords["kernel_check"] = getattr(args, "kernel_check", "auto")  # llmjepa/kernel_check.py
     else:
         executor = partial(run_reference, pad_token_id=pad_token_id)
     return readout_for(executor, view_config(args))  # --jepa_layer, --entropy_filter: views.ViewReadout
