@@ -20,6 +20,8 @@ from llmjepa_kernels.block_causal_attention import (
     block_causal_attention,
 )
 
+pytestmark = pytest.mark.interpreter  # CPU tensors through the Triton interpreter (conftest.py)
+
 BASE_SEED = int(os.environ.get("LLMJEPA_TEST_SEED", random.SystemRandom().randrange(2**31)))
 N_KERNEL_CASES = 240  # forward and all gradients on >= 200 randomized layouts (issue 3)
 N_TILE_CASES = 120

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from llmjepa_kernels.cosine_loss import cosine_jepa_loss
 
+pytestmark = pytest.mark.interpreter  # CPU tensors through the Triton interpreter (conftest.py)
+
 BASE_SEED = int(os.environ.get("LLMJEPA_TEST_SEED", random.SystemRandom().randrange(2**31)))
 N_CASES = 72
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from layouts import dense_visibility, example_shape, jepa_layout  # noqa: E402

@@ -281,6 +281,7 @@ def test_truncation_and_sharing_in_a_step_plan(models_and_data) -> None:
     assert stream.n_tokens == len(full) + (len(predictor) - n_shared) + (b[-1] - b[0])
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("mode", ["N=2 localized", "additive mask"])
 def test_run_fast_with_the_triton_kernel(models_and_data, mode: str) -> None:
     """The path CUDA takes: run_fast with the Triton attention kernel (CPU interpreter) equals the

@@ -76,6 +76,7 @@ def test_cu_seqlens_refuses_a_causal_range_reaching_into_an_earlier_segment() ->
 
 # the closest mark is evaluated first: on a machine without CUDA, say so rather than flash-attn
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason=FLASH_MISSING)
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_flash_varlen_matches_block_causal_attention() -> None:
     bench_attention = bench_module("bench_attention")

@@ -169,6 +169,7 @@ def test_cpu_backward_is_refused_with_a_clear_error() -> None:
         flex_block_causal_attention(q, q.detach(), q.detach(), layout, None)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="no CUDA device: the compiled flex backward runs on CUDA only")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_forward_and_backward(dtype: torch.dtype) -> None:
@@ -257,6 +258,7 @@ def test_run_fast_with_compiled_flex_forward() -> None:
         assert rel_err(x, r) < 1e-5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="FlexAttention has no backward on the CPU (torch 2.13): training needs CUDA")
 def test_training_with_flex_equals_reference(tmp_path) -> None:
     from llmjepa import parity

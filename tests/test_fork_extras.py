@@ -424,6 +424,7 @@ def test_track_flop_stops_profiling_after_its_steps(tmp_path: Path):
     assert ["profiled_flops" in r for r in history] == [True, True, False]
 
 
+@pytest.mark.interpreter
 def test_entropy_filter_adds_no_host_device_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """test_sync_free's counter over fast-path microbatches with --entropy_filter (as on CUDA: the Triton
     attention interpreted, the fused pair loss): choosing the pairs reads nothing back to the host."""

@@ -137,6 +137,7 @@ def test_batch_rows_match_sdpa_with_dense_mask() -> None:
     compare_with_sdpa(tiny_llama(), batch, seed_note(100))
 
 
+@pytest.mark.interpreter
 def test_triton_path_is_used_under_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     if not hf_attention._use_triton(torch.device("cpu")):
         pytest.skip("Triton interpreter is off")

@@ -183,6 +183,7 @@ def test_executors_equal_the_computation_by_hand(tokenizer, examples, models, n_
 
 
 @pytest.mark.parametrize("localized", [True, False], ids=["localized", "not-localized"])
+@pytest.mark.interpreter
 def test_triton_kernel_in_float32(tokenizer, examples, models, localized: bool) -> None:
     """The path CUDA takes: run_fast with the Triton attention (CPU interpreter), float32, one example,
     N = 2, K = 2: embeddings, loss and gradients against the by-hand computation and the reference."""

@@ -262,6 +262,7 @@ def causal_ranges(tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return torch.zeros_like(i), i - 1, torch.zeros_like(i)
 
 
+@pytest.mark.interpreter
 def test_every_launch_runs_under_the_tensors_device(monkeypatch) -> None:
     recorder = _GuardRecorder()
     recorder.install(monkeypatch, attention, aot.ATTENTION_KERNELS)
@@ -312,6 +313,7 @@ def prebuild_tile_lists(layout, config: AttentionConfig) -> None:
         getattr(layout.tiles(kernel.block_m, kernel.block_n), direction)
 
 
+@pytest.mark.interpreter
 def test_attention_forward_and_backward_make_no_host_sync() -> None:
     torch.manual_seed(0)
     q = torch.randn(40, 4, 16, requires_grad=True)
@@ -327,6 +329,7 @@ def test_attention_forward_and_backward_make_no_host_sync() -> None:
     assert counter.ops == [], f"host syncs in the attention wrappers: {counter.ops}"
 
 
+@pytest.mark.interpreter
 def test_pair_loss_checks_indices_and_makes_no_other_sync() -> None:
     hidden = torch.randn(10, 32, requires_grad=True)
     good, bad = torch.tensor([0, 9]), torch.tensor([0, 10])
@@ -341,6 +344,7 @@ def test_pair_loss_checks_indices_and_makes_no_other_sync() -> None:
     assert counter.ops == ["_local_scalar_dense"] * 2, counter.ops
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch's sync debug mode watches real syncs")
 def test_no_cuda_sync_in_kernel_wrappers() -> None:
     device = torch.device("cuda")

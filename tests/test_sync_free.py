@@ -32,7 +32,6 @@ The counts, before and after the fast path was made sync-free, are in docs/fast_
 import contextlib
 import functools
 import importlib
-import os
 import traceback
 from collections import Counter
 from dataclasses import dataclass
@@ -50,9 +49,7 @@ from llmjepa.fast import attention_shape, run_fast
 from llmjepa.run import build_run
 from llmjepa.trainer import JepaTrainer
 
-interpreted = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="counts the CUDA path on the CPU: needs TRITON_INTERPRET=1"
-)
+interpreted = pytest.mark.interpreter  # counts the CUDA path on the CPU: the Triton interpreter (conftest.py)
 
 aten = torch.ops.aten
 SCALAR_READS = {aten._local_scalar_dense.default, aten.equal.default}
@@ -433,6 +430,7 @@ class SyncErrorTrainer(JepaTrainer):
             torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason="needs CUDA: set_sync_debug_mode sees the syncs the GPU makes, also inside aten ops (a CPU count cannot)",

@@ -178,6 +178,7 @@ os._exit(0)  # as cli.exit_torchrun_worker: no process-group teardown after the 
 """
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate runs FSDP on GPUs only: the GPU acceptance run")
 def test_fsdp_trains_as_ddp_does(tmp_path: Path) -> None:
     """--fsdp through TrainingArguments engages FSDP (2 GPUs where there are, else 1) and follows DDP's losses."""
