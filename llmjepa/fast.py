@@ -135,12 +135,44 @@ class PackedPlan:
         raise AttributeError(f"PackedPlan has no {name!r}: the collator ships no rows (ViewCollator keep_rows)")
 
 
-def attention_shape(model: nn.Module) -> AttentionShape:
-    """Head dim and dtype of a model's attention, what the Triton kernels' tile shapes depend on."""
+MIXED_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}  # TrainingArguments field -> autocast dtype
+
+
+def mixed_precision_dtype(training_args: Any) -> torch.dtype | None:
+    """The autocast dtype of --bf16 / --fp16 (TrainingArguments, or a dict of its fields), else None."""
+    get = training_args.get if isinstance(training_args, dict) else lambda name: getattr(training_args, name, None)
+    return next((dtype for name, dtype in MIXED_PRECISION.items() if get(name)), None)
+
+
+def forward_autocast_dtype(model: nn.Module, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype the model's forward will run under: autocast on here (a caller's torch.autocast),
+    or accelerate's, which the Trainer's --bf16/--fp16 wraps around the model's forward alone (it sets
+    `_original_forward`), so the executor itself runs outside it."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    if getattr(unwrap(model), "_original_forward", None) is None:
+        return None
+    from accelerate.state import AcceleratorState
+
+    if not AcceleratorState._shared_state:
+        return None
+    return MIXED_PRECISION.get(AcceleratorState().mixed_precision)
+
+
+def kernel_dtype(weight_dtype: torch.dtype, mixed: torch.dtype | None = None) -> torch.dtype:
+    """The dtype the attention kernels see, so the tile shapes they read (`default_config(head_dim, dtype)`):
+    under mixed precision (`mixed`, the autocast dtype over float32 weights) the autocast dtype, which
+    `hf_attention` brings q, k and v to; else the weights' dtype (autocast leaves float64 alone)."""
+    return mixed if mixed is not None and weight_dtype != torch.float64 else weight_dtype
+
+
+def attention_shape(model: nn.Module, mixed: torch.dtype | None = None) -> AttentionShape:
+    """Head dim and dtype of a model's attention, what the Triton kernels' tile shapes depend on.
+    mixed: the autocast dtype of mixed precision (`kernel_dtype`)."""
     config = unwrap(model).config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     dtype, _ = model_dtype_device(model)
-    return AttentionShape(head_dim, dtype)
+    return AttentionShape(head_dim, kernel_dtype(dtype, mixed))
 
 
 def uses_triton(backend: str | None, device: torch.device) -> bool:
@@ -148,25 +180,31 @@ def uses_triton(backend: str | None, device: torch.device) -> bool:
     return backend == "triton" or (backend in (None, "auto") and device.type == "cuda")
 
 
-def tiled_attention_shape(model: nn.Module, backend: str | None, device: torch.device) -> AttentionShape | None:
+def tiled_attention_shape(
+    model: nn.Module, backend: str | None, device: torch.device, mixed: torch.dtype | None = None
+) -> AttentionShape | None:
     """The model's AttentionShape where run_fast's attention (`backend` as its `attention`, None for the
     per-device choice) reads tile lists: the Triton kernels, or FlexAttention's BlockMask; else None (the
-    PyTorch form reads the ranges only)."""
+    PyTorch form reads the ranges only). mixed: the autocast dtype of mixed precision, else None."""
     if backend == "flex":
-        return replace(attention_shape(model), backend="flex")
-    return attention_shape(model) if uses_triton(backend, device) else None
+        return replace(attention_shape(model, mixed), backend="flex")
+    return attention_shape(model, mixed) if uses_triton(backend, device) else None
 
 
-def collator_attention_shape(model: nn.Module, backend: str | None = None) -> AttentionShape | None:
+def collator_attention_shape(
+    model: nn.Module, backend: str | None = None, mixed: torch.dtype | None = None
+) -> AttentionShape | None:
     """For the collator (which tile lists to build): tiled_attention_shape on the device training will
-    use (CUDA where there is one)."""
+    use (CUDA where there is one); mixed: `mixed_precision_dtype` of the run's TrainingArguments."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return tiled_attention_shape(model, backend, device)
+    return tiled_attention_shape(model, backend, device, mixed)
 
 
-def triton_attention_shape(model: nn.Module, backend: str | None = None) -> AttentionShape | None:
+def triton_attention_shape(
+    model: nn.Module, backend: str | None = None, mixed: torch.dtype | None = None
+) -> AttentionShape | None:
     """collator_attention_shape where it runs the Triton kernels, else None (the benchmarks' question)."""
-    shape = collator_attention_shape(model, backend)
+    shape = collator_attention_shape(model, backend, mixed)
     return shape if shape is not None and shape.backend == "triton" else None
 
 
@@ -214,7 +252,7 @@ def run_fast(
     check_attention_is_ours(model)
     backend = checked_backend(attention or attention_backend(device), model, device, kernel_check)
     stream = plan.packed if plan.packed is not None else pack_plan(plan)
-    shape = tiled_attention_shape(model, backend, device)
+    shape = tiled_attention_shape(model, backend, device, forward_autocast_dtype(model, device))
     if getattr(stream, "layout", None) is None:  # not packed by the collator: build the layout here, on the host
         stream = host_layout(stream, shape)
     elif stream.layout.device.type == "cpu":  # lists the collator was not asked for: built here, still on the host

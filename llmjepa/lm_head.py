@@ -13,6 +13,14 @@ Two ways, chosen per call (`lm_head_cross_entropy_sum`):
 
 "logits" (the whole logits tensor at once, as the reference path does) exists for the benchmark.
 
+Sharded parameters (FSDP2, DeepSpeed ZeRO-3): the head's weight is whole only inside the head module's
+forward (FSDP2 all-gathers it in a forward pre-hook and reshards after; ZeRO-3 leaves an empty partition
+outside). So every way reads the weight inside a call of the head module: "chunks" and "logits" call the
+head, and "linear_ce" runs as the head's forward (`run_as_forward`), where the sharding's hooks gather the
+weight, and take its gradient back through their backward hooks. A weight that is still a DTensor there
+(a head under a sharding that wraps no hooks around it) is gathered with `full_tensor()`. Sizes come from
+the module (`out_features`, ZeRO-3's `ds_shape`), never from a shard.
+
 The transforms a model's head applies after lm_head are read from its config per model type, with the
 semantics of that model's forward in transformers (`LogitTransform`); a config that sets one of those
 fields on a model type not listed here is refused, because whether its forward applies it is unknown.
@@ -20,6 +28,7 @@ fields on a model type not listed here is refused, because whether its forward a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -149,26 +158,65 @@ def lm_head_cross_entropy_sum(
 
 
 def linear_ce_applies(lm_head: nn.Module, transform: LogitTransform) -> bool:
-    return hasattr(F, "linear_cross_entropy") and type(lm_head) is nn.Linear and transform.softcap is None
+    """A linear head (nn.Linear's forward: FSDP2's FSDPLinear subclass counts) and no softcapping."""
+    plain = isinstance(lm_head, nn.Linear) and type(lm_head).forward is nn.Linear.forward
+    return hasattr(F, "linear_cross_entropy") and plain and transform.softcap is None
+
+
+def run_as_forward(module: nn.Module, fn, *args: torch.Tensor) -> torch.Tensor:
+    """fn(module, *args) run as the module's forward, through module(*args): the hooks a sharding wraps
+    around a module's forward (FSDP2's unshard and reshard, ZeRO-3's gather and partition, and the
+    backward hooks they register on its output) hold the module's whole parameters while fn reads them."""
+    own = module.__dict__.get("forward")  # an instance attribute shadows the class's forward
+    module.forward = functools.partial(fn, module)
+    try:
+        return module(*args)
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
+
+
+def whole(param: torch.Tensor | None) -> torch.Tensor | None:
+    """A DTensor gathered (differentiably), anything else as it is."""
+    if param is not None and hasattr(param, "full_tensor") and hasattr(param, "placements"):
+        return param.full_tensor()
+    return param
+
+
+def out_features(lm_head: nn.Module) -> int:
+    """The head's vocabulary size from the module, not from a shard of its weight (ZeRO-3 leaves an empty
+    partition outside the forward; its `ds_shape` is the whole shape)."""
+    if isinstance(lm_head, nn.Linear):
+        return lm_head.out_features
+    weight = lm_head.weight
+    return tuple(getattr(weight, "ds_shape", weight.shape))[0]
 
 
 def linear_ce_sum(
     hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Linear, transform: LogitTransform
 ) -> torch.Tensor:
-    """F.linear_cross_entropy, chunked. Scaling the logits by s equals scaling hidden and bias by s.
+    """F.linear_cross_entropy, chunked, as the head's forward (module docstring: sharded weights)."""
+    return run_as_forward(lm_head, functools.partial(_linear_ce_forward, transform=transform), hidden, targets)
+
+
+def _linear_ce_forward(
+    lm_head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, transform: LogitTransform
+) -> torch.Tensor:
+    """Scaling the logits by s equals scaling hidden and bias by s.
 
     Half-precision inputs take reduction="none" and a float32 sum: with reduction="sum" the op returns
     the sum in the input dtype, 1.4e-2 off in bfloat16 (1024 tokens, hidden 256, vocab 8000, 2-core
     CPU, 2026-11-24) against 2e-5 per token summed in float32; the gradients were the same."""
-    bias = None if lm_head.bias is None else transform.scaled(lm_head.bias)
+    weight, bias = whole(lm_head.weight), whole(lm_head.bias)
+    bias = None if bias is None else transform.scaled(bias)
     options = nn.LinearCrossEntropyOptions()
     x = transform.scaled(hidden)
     if hidden.dtype in (torch.float16, torch.bfloat16):
-        per_token = F.linear_cross_entropy(
-            x, lm_head.weight, targets, linear_bias=bias, reduction="none", options=options
-        )
+        per_token = F.linear_cross_entropy(x, weight, targets, linear_bias=bias, reduction="none", options=options)
         return per_token.float().sum()
-    total = F.linear_cross_entropy(x, lm_head.weight, targets, linear_bias=bias, reduction="sum", options=options)
+    total = F.linear_cross_entropy(x, weight, targets, linear_bias=bias, reduction="sum", options=options)
     return total.float()
 
 
@@ -178,7 +226,7 @@ def chunked_cross_entropy_sum(
     """The head's logits a chunk of rows at a time, each chunk checkpointed: backward recomputes its
     logits, so at most one chunk (LOGITS_PER_CHUNK elements) is alive at once, in forward and backward."""
     total = hidden.new_zeros((), dtype=torch.float32)
-    chunk = max(1, LOGITS_PER_CHUNK // lm_head.weight.shape[0])
+    chunk = max(1, LOGITS_PER_CHUNK // out_features(lm_head))
     for i in range(0, hidden.shape[0], chunk):
         h, y = hidden[i : i + chunk], targets[i : i + chunk]
         total = total + checkpoint(plain_cross_entropy_sum, h, y, lm_head, transform, use_reentrant=False)

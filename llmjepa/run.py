@@ -19,7 +19,7 @@ from .collate import ViewCollator
 from .data import load_examples, split_examples
 from .errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
 from .execute import Executor, run_reference
-from .fast import check_fast_supported, collator_attention_shape, run_fast
+from .fast import check_fast_supported, collator_attention_shape, mixed_precision_dtype, run_fast
 from .interrupt import StopOnSignal
 from .model import ModelSpec, load_model, load_tokenizer
 from .plots import plot_curves
@@ -333,7 +333,9 @@ def build_run(args: argparse.Namespace) -> Run:
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     backend = getattr(args, "attention_backend", None)
-    kernel_shape = collator_attention_shape(model, backend) if args.impl == "fast" else None  # collator's tile lists
+    mixed = mixed_precision_dtype(getattr(args, "training_overrides", {}))  # --bf16/--fp16: what the kernels see
+    # the collator's tile lists: for the dtype the kernels will see
+    kernel_shape = collator_attention_shape(model, backend, mixed) if args.impl == "fast" else None
     trainer = JepaTrainer(
         model=model,
         args=training_arguments(args, len(train_set), eval_set is not None, checkpointing),

@@ -36,7 +36,7 @@ from . import torch_attention
 from .block_causal_attention import block_causal_attention, interpreted
 from .block_layout import BlockCausalLayout
 
-__all__ = ["ATTENTION_NAME", "block_causal_attention_forward", "register"]
+__all__ = ["ATTENTION_NAME", "attention_input_dtype", "block_causal_attention_forward", "register"]
 
 ATTENTION_NAME = "llmjepa_block_causal"
 _RANGE_NAMES = ("shared_start", "shared_end", "causal_start")
@@ -109,6 +109,27 @@ def _check_rows_stay_local(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, le
         )
 
 
+def attention_input_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, module: torch.nn.Module):
+    """The one dtype q, k and v are brought to before any backend runs, as transformers' flash-attention
+    integration does (`get_target_dtype`): the autocast dtype where autocast is on for their device
+    (mixed precision, --bf16/--fp16 over float32 weights: the projections come out in it, but the rotary
+    embedding multiplies q and k by float32 cos/sin and promotes them back to float32); float32 inputs
+    with 16-bit weights (layer norms kept in float32) take the weights' dtype; else the query's.
+
+    Float64 is left alone (autocast does not cast it). The output keeps this dtype: under autocast the
+    output projection casts its input to the autocast dtype anyway."""
+    if query.dtype == torch.float64:
+        return query.dtype
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    if query.dtype == torch.float32:
+        weight = next((m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)), None)
+        if weight is not None and weight.dtype in (torch.float16, torch.bfloat16):
+            return weight.dtype
+    return query.dtype
+
+
 def _use_triton(device: torch.device) -> bool:
     return device.type == "cuda" or interpreted()
 
@@ -164,6 +185,8 @@ def block_causal_attention_forward(
             f"block_causal_layout has {layout.num_tokens} tokens on {layout.device}; the attention runs "
             f"{batch} x {length} tokens on {query.device}"
         )
+    dtype = attention_input_dtype(query, key, value, module)
+    query, key, value = (x.to(dtype) for x in (query, key, value))  # no-ops where they already share it
     q = query.transpose(1, 2).reshape(batch * length, q_heads, head_dim)
     k = key.transpose(1, 2).reshape(batch * length, key.shape[1], head_dim)
     v = value.transpose(1, 2).reshape(batch * length, value.shape[1], head_dim)
