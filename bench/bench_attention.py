@@ -374,7 +374,7 @@ def correctness(args: argparse.Namespace, example: Example, dtype: torch.dtype) 
     dout = torch.randn_like(q)
     ref = reference_float64(q, k, v, dout, dense_visibility(*ranges))
     records = []
-    for name in ("triton", "torch_form", "sdpa_dense", "flex"):
+    for name in args.check_methods:
         record = {"method": name, "tokens": tokens, "dtype": args.dtype}
         try:
             if name == "triton":
@@ -596,6 +596,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--example-len", type=int, default=300, help="tokens per JEPA example")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--check-tokens", type=int, default=4096, help="T of the float64 check; 0 skips it")
+    parser.add_argument(
+        "--check-methods",
+        nargs="+",
+        choices=("triton", "torch_form", "sdpa_dense", "flex"),
+        default=["triton", "torch_form", "sdpa_dense", "flex"],
+        help="methods of the float64 check",
+    )
     parser.add_argument(
         "--candidates", action="store_true", help="check candidate_configs() against float64, time at --tokens[0]"
     )

@@ -575,6 +575,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num_layers", type=int, default=None, help="fewer layers (quick checks)")
     p.add_argument("--methods", nargs="+", default=None, help="names to run (default: (a)-(e) and the variants)")
     p.add_argument("--no_variants", action="store_true", help="only (a)-(e)")
+    p.add_argument(
+        "--skip_methods", nargs="+", default=(), help="names not to run (packed_regular, the baseline, always runs)"
+    )
     p.add_argument("--no_memory", action="store_true", help="CPU: skip the fresh-process memory probes")
     p.add_argument("--memory_methods", nargs="+", default=None, help="CPU: probe only these (default: all)")
     p.add_argument("--probe_workers", type=int, default=3, help="CPU: memory probes run at once")
@@ -640,6 +643,7 @@ def setup_bench(args: argparse.Namespace) -> dict:
         if unknown:
             raise UserError(f"--methods: unknown {sorted(unknown)}; known: {[m.name for m in methods]}")
         methods = [m for m in methods if m.name in args.methods or m.name == BASELINE]
+    methods = [m for m in methods if m.name not in args.skip_methods or m.name == BASELINE]
     if args.memory_probe:  # a fresh process measures one method
         methods = [m for m in methods if m.name == args.memory_probe]
     runners, skipped = {}, {}
