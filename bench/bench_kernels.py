@@ -15,7 +15,8 @@ the interpreter, not the kernels, and say so in extra_info (meaningful_timing = 
 Before a method is timed, its output and gradients are checked against the PyTorch form (relative error
 of the whole tensor), so a broken kernel fails instead of posting a time. test_candidate_configs_against_float64
 checks every tile config of candidate_configs() (the ones a timing run may choose) against float64, forward and
-backward, at the Llama-3.2-1B and 8B head dims in bf16 and fp16 (CPU: the interpreter's fp32 default config).
+backward, at the Llama-3.2-1B and 8B head dims in bf16 and fp16 (CPU: the interpreter's fp32 default config);
+it times nothing, so run it without --benchmark-only: `pytest bench/bench_kernels.py -k candidate`.
 Not under tests/: CI's `pytest` (testpaths = tests) does not run these.
 """
 
