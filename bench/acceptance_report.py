@@ -1,10 +1,12 @@
 """The GPU acceptance run's report: environment, tests, tables and the goals, from the files of bench/gpu_acceptance.sh.
 
     python bench/acceptance_report.py --env DIR/env.json                     # device and versions (run on the device)
-    python bench/acceptance_report.py --in DIR [DIR...] --out DIR [--results bench/RESULTS.md --template FILE]
+    python bench/acceptance_report.py --in acceptance.tgz|DIR [...] --out DIR [--results bench/RESULTS.md]
 
---in reads, from each folder: env.json, steps.jsonl, tests.xml (JUnit), attention.json, step.json, tiles_*.json,
-aot_sm90.json (what is missing is reported missing). It writes summary.json and summary.md to --out, and with
+--in reads, from each tarball of bench/acceptance.py (or the folder it was unpacked into): env.json, steps.jsonl,
+tests_*.xml (JUnit of each pytest step), step.json and step_more.json (the whole-step table in two runs; the second's
+methods join the first's), attention.json, tiles_*.json, aot_sm90.json where present (what is missing is reported
+missing). It writes summary.json and summary.md to --out, and with
 --results rewrites that file's section between the markers below with the summary (from --template, default the
 file itself), so bench/RESULTS.md keeps its CPU sections and gains the GPU one with device, versions and date.
 
@@ -23,6 +25,8 @@ import json
 import platform
 import subprocess
 import sys
+import tarfile
+import tempfile
 import xml.etree.ElementTree as ET
 from importlib import metadata
 from pathlib import Path
@@ -93,8 +97,35 @@ def read_tests(path: Path) -> dict | None:
     return {**totals, "failing": failing, "skipped_reasons": skipped}
 
 
+def merge_tests(totals: dict | None, more: dict) -> dict:
+    if totals is None:
+        return more
+    out = {k: totals[k] + more[k] for k in ("tests", "failures", "errors", "skipped", "passed")}
+    out["failing"] = totals["failing"] + more["failing"]
+    out["skipped_reasons"] = dict(totals["skipped_reasons"])
+    for reason, n in more["skipped_reasons"].items():
+        out["skipped_reasons"][reason] = out["skipped_reasons"].get(reason, 0) + n
+    return out
+
+
+def unpacked(source: Path, scratch: Path) -> Path:
+    """A folder of results: `source` itself, or the acceptance tarball unpacked into `scratch`."""
+    if source.is_dir():
+        return source
+    target = scratch / source.name.replace(".", "_")
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(source) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.10.12 / 3.11.4 on
+            tar.extractall(target, filter="data")
+        else:
+            tar.extractall(target)  # noqa: S202 (the run's own tarball)
+    return target
+
+
 def collect(folders: list[Path]) -> dict:
-    run = {"folders": [str(f) for f in folders], "steps": [], "env": [], "tiles": {}}
+    """Everything the acceptance run wrote (bench/acceptance.py's layout; the older one of separate folders
+    with steps.jsonl records of rc and timed_out is read too). step_more.json's methods join step.json's."""
+    run = {"folders": [str(f) for f in folders], "steps": [], "env": [], "tiles": {}, "tests_by_step": {}}
     for folder in folders:
         env = read_json(folder / "env.json")
         if env:
@@ -106,12 +137,38 @@ def collect(folders: list[Path]) -> dict:
             value = read_json(folder / name)
             if value is not None:
                 run[key] = value
-        tests = read_tests(folder / "tests.xml")
-        if tests is not None:
-            run["tests"] = tests
+        more = read_json(folder / "step_more.json")
+        if more is not None:
+            if run.get("step"):
+                extra = {k: v for k, v in more["methods"].items() if k not in run["step"]["methods"]}
+                run["step"]["methods"].update(extra)
+                add_ratios(run["step"]["methods"])
+            else:
+                run["step"] = more
+        for path in sorted(folder.glob("tests*.xml")):
+            tests = read_tests(path)
+            if tests is not None:
+                run["tests_by_step"][path.stem] = tests
+                run["tests"] = merge_tests(run.get("tests"), tests)
         for path in sorted(folder.glob("tiles_*.json")):
             run["tiles"][path.stem] = read_json(path)
     return run
+
+
+def add_ratios(methods: dict) -> None:
+    """Ratios to packed_regular for methods measured in another run of bench_step (step_more.json): time and
+    memory against the baseline of the core table, FLOPs from the floor counts."""
+    base = methods.get("packed_regular", {})
+    for record in methods.values():
+        if record.get("time_ratio") is not None or record.get("median_ms") is None or not base.get("median_ms"):
+            continue
+        record["time_ratio"] = record["median_ms"] / base["median_ms"]
+        flops, base_flops = (r.get("floor", {}).get("train_flops_per_step") for r in (record, base))
+        if flops and base_flops:
+            record["flop_ratio"] = flops / base_flops
+            record["efficiency"] = record["flop_ratio"] / record["time_ratio"]
+        if record.get("peak_memory_mib") is not None and base.get("peak_memory_mib"):
+            record["memory_ratio"] = record["peak_memory_mib"] / base["peak_memory_mib"]
 
 
 # ---- goals ---------------------------------------------------------------------------------------
@@ -182,6 +239,17 @@ def attention_goals(attention: dict | None) -> list[dict]:
     return out
 
 
+def step_status(s: dict) -> str:
+    """One cell: ok, failed (exit N), timed out, none selected or skipped, with the reason."""
+    if "status" not in s:  # the older layout
+        if s.get("skipped"):
+            return f"skipped: {s['skipped']}"
+        return "timed out" if s.get("timed_out") else f"exit {s['rc']}"
+    text = {"failed": f"failed (exit {s.get('rc')})", "timed_out": "timed out", "none_selected": "none selected"}
+    text = text.get(s["status"], s["status"])
+    return f"{text}: {s['reason']}" if s.get("reason") else text
+
+
 # ---- writing -------------------------------------------------------------------------------------
 def fmt(value, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
@@ -198,14 +266,13 @@ def summary_markdown(run: dict) -> str:
         f"capability {env.get('capability', 'n/a')}, driver {env.get('driver', 'n/a')}, CUDA {env.get('cuda')}, "
         f"Python {env.get('python')}, {versions}.",
         "",
-        "| step | exit | seconds |",
+        "| step | status | seconds |",
         "|---|---|---|",
     ]
     for s in run["steps"]:
-        status = f"skipped: {s['skipped']}" if s.get("skipped") else ("timed out" if s.get("timed_out") else s["rc"])
-        lines.append(f"| {s['step']} | {status} | {s.get('seconds', '')} |")
+        lines.append(f"| {s['step']} | {step_status(s)} | {s.get('seconds', '')} |")
     tests = run.get("tests")
-    lines += ["", "**Tests** (the CUDA subset): "]
+    lines += ["", "**Tests** (`pytest -m gpu`, " + (", ".join(run.get("tests_by_step", {})) or "none") + "): "]
     if tests:
         lines[-1] += (
             f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, "
@@ -222,16 +289,16 @@ def summary_markdown(run: dict) -> str:
         lines.append(f"| {g['goal']} | {fmt(g['measured'])} | {g['target']} | {met} |")
     if step:
         lines += ["", "**Whole step** (bench_step.py; full table in step.md)", ""]
-        lines += ["| method | ms/step | time ratio | FLOP ratio | efficiency | memory MiB | memory ratio |"]
-        lines += ["|---|---|---|---|---|---|---|"]
+        lines += ["| method | ms/step | time ratio | FLOP ratio | efficiency | memory MiB | extra MiB | memory ratio |"]
+        lines += ["|---|---|---|---|---|---|---|---|"]
         for name, r in step["methods"].items():
             if r.get("median_ms") is None:
-                lines.append(f"| {r['label']} {name} | {r['status']}: {r.get('reason', '')} | | | | | |")
+                lines.append(f"| {r['label']} {name} | {r['status']}: {r.get('reason', '')} | | | | | | |")
                 continue
             lines.append(
                 f"| {r['label']} {name} | {r['median_ms']:.1f} | {fmt(r.get('time_ratio'))} "
                 f"| {fmt(r.get('flop_ratio'))} | {fmt(r.get('efficiency'))} | {fmt(r.get('peak_memory_mib'), '.0f')} "
-                f"| {fmt(r.get('memory_ratio'))} |"
+                f"| {fmt(r.get('peak_extra_mib'), '.0f')} | {fmt(r.get('memory_ratio'))} |"
             )
         s = step["shapes"]
         lines += [
@@ -274,7 +341,8 @@ def rewrite_results(template: Path, target: Path, section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", type=Path, help="write the environment to this JSON file and stop")
-    p.add_argument("--in", dest="folders", type=Path, nargs="+", help="folders of gpu_acceptance.sh runs")
+    p.add_argument("--in", dest="folders", type=Path, nargs="+", help="acceptance.tgz files or their unpacked folders")
+    p.add_argument("--quiet", action="store_true", help="print nothing (the driver calls it after every step)")
     p.add_argument("--out", type=Path, help="where summary.json and summary.md go")
     p.add_argument("--results", type=Path, help="rewrite this RESULTS.md's GPU section")
     p.add_argument("--template", type=Path, help="the RESULTS.md to start from (default: --results itself)")
@@ -285,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.folders or not args.out:
         p.error("--in and --out are needed (or --env)")
-    run = collect(args.folders)
+    with tempfile.TemporaryDirectory() as scratch:
+        run = collect([unpacked(f, Path(scratch)) for f in args.folders])
     args.out.mkdir(parents=True, exist_ok=True)
     env = run["env"][0] if run["env"] else {}
     cuda = "CPU" not in str(env.get("device", "CPU"))
@@ -295,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.md").write_text(section)
     if args.results:
         rewrite_results(args.template or args.results, args.results, section)
-    print(section)
+    if not args.quiet:
+        print(section)
     return 0
 
 

@@ -18,7 +18,9 @@ Methods (each maps q (T, Hq, D), k, v (T, Hkv, D) to the output):
 A method that is missing or raises (Triton compile and resource errors included) is recorded with its reason;
 the others still run. Throughput is per visible (query, key) pair and head. Peak memory: CUDA extra memory of one
 forward+backward (CPU: not measured). A float64 correctness check runs first. --candidates times each tile
-config of candidate_configs(head_dim, dtype) and writes the chosen one. Output: --output (.md) and its .json.
+config of candidate_configs(head_dim, dtype) that agrees with a float64 reference at --check-tokens (forward and
+backward, CANDIDATE_BOUND) and writes the chosen one; a candidate that disagrees is never timed or chosen
+(--candidates-only: that table alone). Output: --output (.md) and its .json.
 
 --dry-run runs the same steps on the CPU at tiny shapes (timings are meaningless: the Triton methods run in its
 interpreter when TRITON_INTERPRET=1 was set, fp32) so that the acceptance script's CPU test covers this code.
@@ -372,7 +374,7 @@ def correctness(args: argparse.Namespace, example: Example, dtype: torch.dtype) 
     dout = torch.randn_like(q)
     ref = reference_float64(q, k, v, dout, dense_visibility(*ranges))
     records = []
-    for name in ("triton", "torch_form", "sdpa_dense", "flex"):
+    for name in args.check_methods:
         record = {"method": name, "tokens": tokens, "dtype": args.dtype}
         try:
             if name == "triton":
@@ -400,44 +402,79 @@ def correctness(args: argparse.Namespace, example: Example, dtype: torch.dtype) 
 # ----------------------------------------------------------------------------------------------------
 
 
+# ||x - ref|| / ||ref|| a candidate may show against float64, forward and each gradient (tests/test_cuda.py's
+# bounds: a few rounding units of the output dtype); a wrong tile config is O(1) off
+CANDIDATE_BOUND = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
+
+
+def check_candidate(config, args: argparse.Namespace, example: Example, dtype: torch.dtype, reference) -> dict:
+    """Relative errors of one tile config against the float64 reference (out, dq, dk, dv), and whether all
+    are finite and within CANDIDATE_BOUND."""
+    ranges, inputs, dout, ref = reference
+    fn = triton_fn(ranges, config)
+    out = fn(*inputs)
+    grads = torch.autograd.grad(out, inputs, dout)
+    got = (out, *grads)
+    errors = {name: rel_err(x, r) for name, x, r in zip(("out", "dq", "dk", "dv"), got, ref)}
+    finite = all(bool(torch.isfinite(x).all()) for x in got)
+    bound = CANDIDATE_BOUND[dtype]
+    return {"errors": errors, "bound": bound, "agrees": finite and all(e < bound for e in errors.values())}
+
+
 def candidates(args: argparse.Namespace, example: Example, dtype: torch.dtype) -> dict:
-    """Forward and forward+backward time of every candidate config at the first --tokens; the chosen config
-    takes its forward from the fastest forward and its two backward kernels from the fastest backward."""
+    """Every candidate config, first against a float64 reference at --check-tokens (forward and the three
+    gradients), then, if it agrees, its forward and forward+backward time at the first --tokens. The chosen
+    config takes its forward from the fastest forward and its two backward kernels from the fastest backward
+    among the candidates that agree; a candidate that disagrees is recorded and never chosen."""
     try:
         triton_available(args)
         # the module, not the package's function of the same name
         from llmjepa_kernels.block_causal_attention import candidate_configs, default_config
     except (Skip, ImportError) as reason:
         return {"status": f"skipped: {reason}", "records": []}
+    check_tokens = args.check_tokens or min(args.tokens[0], 2048)
+    check_ranges = jepa_layout(check_tokens, example, args.device)
+    check_inputs = make_qkv(check_tokens, args, dtype)
+    check_dout = torch.randn_like(check_inputs[0])
+    ref = reference_float64(*check_inputs, check_dout, dense_visibility(*check_ranges))
+    reference = (check_ranges, check_inputs, check_dout, ref)
     tokens = args.tokens[0]
     ranges = jepa_layout(tokens, example, args.device)
     inputs = make_qkv(tokens, args, dtype)
     dout = torch.randn_like(inputs[0])
     records = []
     for index, config in enumerate(candidate_configs(args.head_dim, dtype)):
-        record = {"candidate": index, "tokens": tokens, "config": config_dict(config)}
+        record = {"candidate": index, "tokens": tokens, "check_tokens": check_tokens, "config": config_dict(config)}
         try:
-            fn = triton_fn(ranges, config)
-            record["fwd_ms"] = bench_ms(forward_only(fn, inputs), args)
-            record["fwd_bwd_ms"] = bench_ms(fwd_bwd(fn, inputs, dout), args)
-            record["bwd_ms"] = record["fwd_bwd_ms"] - record["fwd_ms"]
-            record["status"] = "ok"
+            record["check"] = check_candidate(config, args, example, dtype, reference)
+            if not record["check"]["agrees"]:
+                worst = max(record["check"]["errors"].items(), key=lambda kv: kv[1])
+                record["status"] = f"wrong: {worst[0]} relative error {worst[1]:.2e} >= {record['check']['bound']:g}"
+            else:
+                fn = triton_fn(ranges, config)
+                record["fwd_ms"] = bench_ms(forward_only(fn, inputs), args)
+                record["fwd_bwd_ms"] = bench_ms(fwd_bwd(fn, inputs, dout), args)
+                record["bwd_ms"] = record["fwd_bwd_ms"] - record["fwd_ms"]
+                record["status"] = "ok"
         except Exception as err:
             record["status"] = failed(err)
         records.append(record)
+        free_device(args)
         print(json.dumps(record), flush=True)
+    default = config_dict(default_config(args.head_dim, dtype))
     ok = [r for r in records if r["status"] == "ok"]
     if not ok:
-        return {"status": "failed: no candidate ran", "records": records}
+        return {"status": "failed: no candidate agreed with float64 and ran", "records": records, "default": default}
     fastest_fwd = min(ok, key=lambda r: r["fwd_ms"])
     fastest_bwd = min(ok, key=lambda r: r["bwd_ms"])
-    default = config_dict(default_config(args.head_dim, dtype))
     chosen = {
         "forward": fastest_fwd["config"]["forward"],
         "dkdv": fastest_bwd["config"]["dkdv"],
         "dq": fastest_bwd["config"]["dq"],
     }
-    return {"status": "ok", "records": records, "chosen": chosen, "default": default}
+    wrong = [r["candidate"] for r in records if r["status"].startswith("wrong")]
+    status = "ok" if not wrong else f"ok; candidates {wrong} disagree with float64 and were not timed"
+    return {"status": status, "records": records, "chosen": chosen, "default": default}
 
 
 def config_dict(config) -> dict:
@@ -527,11 +564,13 @@ def markdown(report: dict) -> str:
     if cand is not None:
         lines += ["", "## Candidate tile configs", "", f"status: {cand['status']}", ""]
         if cand["records"]:
-            lines += ["| # | forward | dkdv | dq | fwd ms | fwd+bwd ms | status |", "|---|---|---|---|---|---|---|"]
+            lines += ["| # | forward | dkdv | dq | worst error vs float64 | fwd ms | fwd+bwd ms | status |"]
+            lines += ["|---|---|---|---|---|---|---|---|"]
             for r in cand["records"]:
                 shapes = " | ".join(kernel_text(r["config"][p]) for p in ("forward", "dkdv", "dq"))
+                worst = max(r["check"]["errors"].values()) if r.get("check") else None
                 lines.append(
-                    f"| {r['candidate']} | {shapes} | {fmt(r.get('fwd_ms'), '.3f')} "
+                    f"| {r['candidate']} | {shapes} | {fmt(worst, '.2e')} | {fmt(r.get('fwd_ms'), '.3f')} "
                     f"| {fmt(r.get('fwd_bwd_ms'), '.3f')} | {r['status']} |"
                 )
         if cand.get("chosen"):
@@ -557,7 +596,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--example-len", type=int, default=300, help="tokens per JEPA example")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--check-tokens", type=int, default=4096, help="T of the float64 check; 0 skips it")
-    parser.add_argument("--candidates", action="store_true", help="time candidate_configs() at the first --tokens")
+    parser.add_argument(
+        "--check-methods",
+        nargs="+",
+        choices=("triton", "torch_form", "sdpa_dense", "flex"),
+        default=["triton", "torch_form", "sdpa_dense", "flex"],
+        help="methods of the float64 check",
+    )
+    parser.add_argument(
+        "--candidates", action="store_true", help="check candidate_configs() against float64, time at --tokens[0]"
+    )
+    parser.add_argument("--candidates-only", action="store_true", help="--candidates without the other tables")
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warmup, ms")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")
     parser.add_argument("--cpu-reps", type=int, default=3, help="timed calls per method on the CPU (--dry-run)")
@@ -607,14 +656,15 @@ def main(argv: list[str] | None = None) -> dict:
         "header": header,
         "args": {k: str(v) if isinstance(v, Path | torch.device) else v for k, v in vars(args).items()},
     }
-    report["correctness"] = correctness(args, example, dtype) if args.check_tokens else []
+    only = args.candidates_only
+    report["correctness"] = correctness(args, example, dtype) if args.check_tokens and not only else []
     report["timing"] = []
-    for tokens in args.tokens:
+    for tokens in [] if only else args.tokens:
         ranges = jepa_layout(tokens, example, args.device)
         for name in args.methods:
             report["timing"].append(time_one(name, tokens, args, example, dtype, ranges))
-    report["tiles"] = tile_rows(args, example, dtype)
-    if args.candidates:
+    report["tiles"] = [] if only else tile_rows(args, example, dtype)
+    if args.candidates or only:
         report["candidates"] = candidates(args, example, dtype)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(markdown(report))

@@ -13,8 +13,11 @@ CUDA: bf16, attention T 4096 and 16384 with Hq 32, Hkv 8, D 64; hidden 8192 x 20
 the interpreter, not the kernels, and say so in extra_info (meaningful_timing = false).
 
 Before a method is timed, its output and gradients are checked against the PyTorch form (relative error
-of the whole tensor), so a broken kernel fails instead of posting a time. Not under tests/: CI's
-`pytest` (testpaths = tests) does not run these.
+of the whole tensor), so a broken kernel fails instead of posting a time. test_candidate_configs_against_float64
+checks every tile config of candidate_configs() (the ones a timing run may choose) against float64, forward and
+backward, at the Llama-3.2-1B and 8B head dims in bf16 and fp16 (CPU: the interpreter's fp32 default config);
+it times nothing, so run it without --benchmark-only: `pytest bench/bench_kernels.py -k candidate`.
+Not under tests/: CI's `pytest` (testpaths = tests) does not run these.
 """
 
 import functools
@@ -26,8 +29,10 @@ from dataclasses import asdict, dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from bench_attention import sdpa_dense_method, triton_method
-from layouts import example_shape, jepa_layout, visible_pairs
+from bench_attention import CANDIDATE_BOUND, check_candidate, reference_float64
+from bench_attention import sdpa_dense_fn as sdpa_dense_method
+from bench_attention import triton_fn as triton_method
+from layouts import dense_visibility, example_shape, jepa_layout, visible_pairs
 
 CUDA = torch.cuda.is_available()
 if not CUDA:
@@ -36,7 +41,7 @@ if not CUDA:
 import triton  # noqa: E402
 
 from llmjepa_kernels import cosine_jepa_loss  # noqa: E402
-from llmjepa_kernels.block_causal_attention import interpreted  # noqa: E402
+from llmjepa_kernels.block_causal_attention import candidate_configs, interpreted  # noqa: E402
 
 if not CUDA and not interpreted():
     pytest.skip("no CUDA and triton was imported without TRITON_INTERPRET=1", allow_module_level=True)
@@ -227,3 +232,36 @@ def test_block_causal_attention(benchmark, method: str, tokens: int) -> None:
         visible_pairs=visible_pairs(*ranges),
     )
     time_forward_backward(benchmark, fn, inputs, dout)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Candidate tile configs against float64 (not timed: what bench_attention.py --candidates checks first)
+# ----------------------------------------------------------------------------------------------------
+
+CANDIDATE_CASES = (
+    [(64, torch.bfloat16), (128, torch.bfloat16), (64, torch.float16), (128, torch.float16)]
+    if CUDA
+    else [(16, torch.float32)]
+)
+
+
+@pytest.mark.parametrize(("head_dim", "dtype"), CANDIDATE_CASES, ids=lambda x: str(x).removeprefix("torch."))
+def test_candidate_configs_against_float64(head_dim: int, dtype: torch.dtype) -> None:
+    import argparse
+
+    tokens = 2048 if CUDA else 64
+    args = argparse.Namespace(
+        device=DEVICE, seed=0, q_heads=SHAPES.q_heads, kv_heads=SHAPES.kv_heads, head_dim=head_dim
+    )
+    example = example_shape(300 if CUDA else 30)
+    ranges = jepa_layout(tokens, example, DEVICE)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    inputs = [
+        torch.randn(tokens, h, head_dim, device=DEVICE, dtype=dtype, generator=gen).requires_grad_()
+        for h in (SHAPES.q_heads, SHAPES.kv_heads, SHAPES.kv_heads)
+    ]
+    dout = torch.randn_like(inputs[0])
+    reference = (ranges, inputs, dout, reference_float64(*inputs, dout, dense_visibility(*ranges)))
+    for index, config in enumerate(candidate_configs(head_dim, dtype)):
+        check = check_candidate(config, args, example, dtype, reference)
+        assert check["agrees"], (index, config, check["errors"], CANDIDATE_BOUND[dtype])

@@ -394,7 +394,11 @@ def step_loss(out: Executed, plan: ViewPlan, lbd: float, fused: bool) -> torch.T
     if fused:
         from llmjepa_kernels import cosine_jepa_loss
 
-        jepa_sum, _ = cosine_jepa_loss(out.hidden, out.pred_index, out.target_index, reduction="sum")
+        # as JepaTrainer calls it: the plan's indices are in range by construction, and the check costs two host
+        # syncs per step that training does not make
+        jepa_sum, _ = cosine_jepa_loss(
+            out.hidden, out.pred_index, out.target_index, reduction="sum", check_indices=False
+        )
     else:
         terms, _ = jepa_pair_losses(out.hidden[out.pred_index], out.hidden[out.target_index], "cosine")
         jepa_sum = terms.sum()
@@ -413,6 +417,7 @@ class Runner:
     error: str | None = None
     first_loss: float | None = None
     peak_mib: float | None = None
+    peak_extra_mib: float | None = None  # CUDA: above the model, its gradients and AdamW's state
     round_ms: list[float] = field(default_factory=list)
 
 
@@ -475,6 +480,14 @@ def warm_up(model, optimizer, initial: dict, runner: Runner, args: argparse.Name
         return
     if device.type == "cuda":
         runner.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+        runner.peak_extra_mib = runner.peak_mib - args.static_mib
+
+
+def static_mib(model: torch.nn.Module, device: torch.device) -> float:
+    """CUDA memory a step starts from and keeps: the loaded model and AdamW's state (allocated now, after
+    prime_optimizer), plus one gradient per parameter (set to None between steps, allocated in every step)."""
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return (torch.cuda.memory_allocated(device) + grads) / 2**20
 
 
 def timed_round(model, optimizer, runner: Runner, args: argparse.Namespace, device: torch.device) -> None:
@@ -562,6 +575,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num_layers", type=int, default=None, help="fewer layers (quick checks)")
     p.add_argument("--methods", nargs="+", default=None, help="names to run (default: (a)-(e) and the variants)")
     p.add_argument("--no_variants", action="store_true", help="only (a)-(e)")
+    p.add_argument(
+        "--skip_methods", nargs="+", default=(), help="names not to run (packed_regular, the baseline, always runs)"
+    )
     p.add_argument("--no_memory", action="store_true", help="CPU: skip the fresh-process memory probes")
     p.add_argument("--memory_methods", nargs="+", default=None, help="CPU: probe only these (default: all)")
     p.add_argument("--probe_workers", type=int, default=3, help="CPU: memory probes run at once")
@@ -571,6 +587,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sweep_tokens", type=int, default=None, help="--sweep length: batch = this // length (view-1 tokens)"
     )
     p.add_argument("--name", default=None, help="output file stem (default: step_<config>)")
+    p.add_argument(
+        "--time_budget", type=float, default=None, help="seconds: fewer rounds (at least one) to end within it"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out_dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)
@@ -624,6 +643,7 @@ def setup_bench(args: argparse.Namespace) -> dict:
         if unknown:
             raise UserError(f"--methods: unknown {sorted(unknown)}; known: {[m.name for m in methods]}")
         methods = [m for m in methods if m.name in args.methods or m.name == BASELINE]
+    methods = [m for m in methods if m.name not in args.skip_methods or m.name == BASELINE]
     if args.memory_probe:  # a fresh process measures one method
         methods = [m for m in methods if m.name == args.memory_probe]
     runners, skipped = {}, {}
@@ -661,17 +681,30 @@ def run_bench(args: argparse.Namespace, setup: dict) -> dict:
     initial = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0, fused=device.type == "cuda")
     prime_optimizer(model, optimizer)
+    args.static_mib = static_mib(model, device) if device.type == "cuda" else None
+    started = time.monotonic()
     for runner in runners.values():
         if runner.error is None:
-            warm_up(model, optimizer, initial, runner, args, device)
+            if args.time_budget is not None and time.monotonic() - started > args.time_budget / 2:
+                runner.error = f"not run: half of --time_budget {args.time_budget:.0f} s went to earlier warm-ups"
+            else:
+                warm_up(model, optimizer, initial, runner, args, device)
         print(f"bench_step: warmed {runner.method.name}: {runner.error or 'ok'}", file=sys.stderr, flush=True)
     order = [r for r in runners.values()]
+    args.rounds_run = 0
     for round_index in range(args.rounds):
+        round_start = time.monotonic()
         shift = round_index % len(order)
         for runner in order[shift:] + order[:shift]:
             if runner.error is None:
                 timed_round(model, optimizer, runner, args, device)
+        args.rounds_run += 1
         print(f"bench_step: round {round_index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        now = time.monotonic()
+        if args.time_budget is not None and now + (now - round_start) - started > args.time_budget:
+            print(f"bench_step: --time_budget {args.time_budget:.0f} s: stopping after {args.rounds_run} rounds",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            break
     del optimizer
     free_memory(device)
     memory = {}
@@ -711,6 +744,7 @@ def method_record(runner: Runner, args: argparse.Namespace, memory: dict, shape:
     )
     if args.device == "cuda":
         record["peak_memory_mib"] = runner.peak_mib
+        record["peak_extra_mib"] = runner.peak_extra_mib
     elif runner.method.name in memory:
         probe = memory[runner.method.name]
         record["memory_probe"] = probe
@@ -769,7 +803,9 @@ def build_report(args: argparse.Namespace, setup: dict, memory: dict) -> dict:
         "versions": {name: version(name) for name in ("torch", "transformers", "triton")},
         "dtype": str(model_dtype(args, device)).removeprefix("torch."),
         "data": str(setup["data"]) + (" (concatenated to max_length)" if args.concatenate else ""),
-        "rounds": args.rounds,
+        "rounds": getattr(args, "rounds_run", args.rounds),
+        "rounds_asked": args.rounds,
+        "static_mib": getattr(args, "static_mib", None),
         "microbatches": args.microbatches,
         "warmup_steps_per_method": args.warmup_steps,
         "shapes": {
@@ -789,7 +825,8 @@ def build_report(args: argparse.Namespace, setup: dict, memory: dict) -> dict:
             "llama_1b_head_to_layers_ratio": floor.LLAMA_1B.head_to_layers_ratio,
         },
         "memory_method": (
-            "CUDA max_memory_allocated over the method's warm-up (weights, grads, AdamW, activations)"
+            "CUDA max_memory_allocated over the method's warm-up: in total (weights, grads, AdamW, activations) "
+            "and above the loaded model, its gradients and AdamW's state (extra)"
             if device.type == "cuda"
             else "fresh process per method: peak RSS (VmHWM reset after load) minus RSS after loading model "
             "and data, over one step per timed microbatch (grads, AdamW state, activations)"
@@ -822,19 +859,21 @@ def markdown(report: dict) -> str:
         f"{report['warmup_steps_per_method']} warm-up steps per method. Memory: {report['memory_method']}.",
         "",
         "| method | ms/step | time ratio | FLOP ratio | efficiency | best-round ratio | best-round efficiency "
-        "| memory MiB | memory ratio | tokens/step | floor GFLOP/step | executed GFLOP/step | first-step loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| memory MiB | extra MiB | memory ratio | tokens/step | floor GFLOP/step | executed GFLOP/step "
+        "| first-step loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["methods"].items():
         label = f"{r['label']} {name}"
         if r["status"] != "ok" and r.get("median_ms") is None:
-            lines.append(f"| {label} | {r['status']}: {r.get('reason', '')} |" + " |" * 11)
+            lines.append(f"| {label} | {r['status']}: {r.get('reason', '')} |" + " |" * 12)
             continue
         lines.append(
             f"| {label} | {fmt(r['median_ms'], '.1f')} | {fmt(r.get('time_ratio'), '.2f')} "
             f"| {fmt(r.get('flop_ratio'), '.2f')} | {fmt(r.get('efficiency'), '.2f')} "
             f"| {fmt(r.get('best_time_ratio'), '.2f')} | {fmt(r.get('best_efficiency'), '.2f')} "
-            f"| {fmt(r.get('peak_memory_mib'), '.0f')} | {fmt(r.get('memory_ratio'), '.2f')} "
+            f"| {fmt(r.get('peak_memory_mib'), '.0f')} | {fmt(r.get('peak_extra_mib'), '.0f')} "
+            f"| {fmt(r.get('memory_ratio'), '.2f')} "
             f"| {r['tokens_per_step']:.0f} | {r['floor']['train_flops_per_step'] / 1e9:.2f} "
             f"| {r['executed']['train_flops_per_step'] / 1e9:.2f} | {fmt(r['first_step_loss'], '.6f')} |"
         )

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -141,3 +142,34 @@ def test_strip_sweep() -> None:
         "--rounds",
         "1",
     ]
+
+
+def test_fused_pair_loss_without_index_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As JepaTrainer calls it: check_indices=False (the checks are two host syncs per step training does not make)."""
+    import torch
+
+    import llmjepa_kernels
+
+    bench = load_bench()
+    calls = []
+
+    def recorder(hidden, pred_index, target_index, **kwargs):
+        calls.append(kwargs)
+        return hidden.sum() * 0, None
+
+    monkeypatch.setattr(llmjepa_kernels, "cosine_jepa_loss", recorder)
+    out = SimpleNamespace(hidden=torch.ones(4, 3), pred_index=torch.tensor([0]), target_index=torch.tensor([1]))
+    out.ce_sum = torch.tensor(2.0)
+    bench.step_loss(out, SimpleNamespace(label_tokens=2, n_pairs=1), 0.1, fused=True)
+    assert calls == [{"reduction": "sum", "check_indices": False}]
+
+
+def test_time_budget_and_skip_methods(tmp_path: Path) -> None:
+    """--time_budget ends the rounds early (at least one runs); --skip_methods drops names but not the baseline."""
+    argv = ["--config", "tiny", "--rounds", "3", "--microbatches", "1", "--warmup", "0", "--no_memory"]
+    argv += ["--no_variants", "--out_dir", str(tmp_path), "--time_budget", "0.001"]
+    skip = ["upstream_regular", "upstream_jepa", "fast_jepa", "fast_isolated", "packed_regular"]
+    report = load_bench().main([*argv, "--skip_methods", *skip])
+    assert list(report["methods"]) == ["packed_regular"]
+    assert report["rounds"] == 1 and report["rounds_asked"] == 3
+    assert len(report["methods"]["packed_regular"]["round_ms"]) == 1
