@@ -123,7 +123,7 @@ def attention_input_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.T
     device_type = query.device.type
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
-    if query.dtype == torch.float32:
+    if query.dtype == torch.float32 and module is not None:  # None: called outside a model (the self-check)
         weight = next((m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)), None)
         if weight is not None and weight.dtype in (torch.float16, torch.bfloat16):
             return weight.dtype
