@@ -1,4 +1,6 @@
 """Smoke run for the oldest supported transformers (`.ci/floor` installs it in a fresh environment and runs this).
+On 5.17 and 5.18 (no Trainer.loss_is_scaled_for_ga) it failed before JepaTrainer set model_accepts_loss_kwargs:
+the logged loss was half the step's (divided by gradient accumulation again, the gradient with it).
 
 Three optimizer steps of Step-JEPA on the embedded tiny model, two microbatches each, with an evaluation. It fails
 when the Trainer hooks llmjepa relies on are missing or behave differently: no per-step record (the step hook
@@ -22,7 +24,8 @@ def main() -> int:
     tokenizer = load_tokenizer("llmjepa/tiny-llama")
     model = load_model("llmjepa/tiny-llama", tokenizer)
     # A model whose forward takes no loss kwargs: the Trainer would divide the loss by gradient accumulation
-    # unless it honours JepaTrainer.loss_is_scaled_for_ga.
+    # unless it honours JepaTrainer.loss_is_scaled_for_ga
+    # (transformers >= 5.19) or model_accepts_loss_kwargs (5.17, 5.18).
     model.accepts_loss_kwargs = False
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(

@@ -5,8 +5,9 @@
 
 rows: a list of dicts or a datasets.Dataset with a "messages" column, checked and tokenized once here.
 What is not given is made: the view config (view-based LLM-JEPA, or regular with LossConfig(regular=True)),
-the predictor tokens (added to the tokenizer, embeddings resized), the executor (fast where CUDA and
-Triton run the model, else the reference) and the collator. peft_config wraps the model, as TRL does.
+the predictor tokens (added to the tokenizer, embeddings resized), the executor (the fast path where
+cli.fast_path_available says so: CUDA with Triton, or the CPU; else the reference) and the collator.
+peft_config wraps the model, as TRL does.
 """
 
 import logging
@@ -39,8 +40,9 @@ def is_fast(executor: Executor) -> bool:
 
 
 def default_executor(model: nn.Module, pad_token_id: int | None) -> Executor:
-    """The fast path where the model already runs our attention, or where CUDA and Triton are present and
-    the model is one the fast path supports (its attention is then switched to ours); else the reference."""
+    """The fast path where the model already runs our attention, or where it is available (CUDA with Triton,
+    or the CPU: cli.fast_path_available) and the model is one the fast path supports (its attention is then
+    switched to ours); else the reference."""
     from .cli import fast_path_available
     from .errors import UserError
     from .fast import check_fast_supported, run_fast, unwrap

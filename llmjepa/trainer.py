@@ -176,6 +176,11 @@ class JepaTrainer(Trainer):
             trainer_keywords(args, kwargs), loss_config, view_config, peft_config, executor
         )
         super().__init__(**kwargs)
+        # transformers 5.17 and 5.18 have no loss_is_scaled_for_ga: their training_step divides the loss (and so
+        # the gradient) by gradient accumulation unless model_accepts_loss_kwargs, as get_batch_samples always
+        # returns the step's count. compute_loss here hands the model no loss kwargs, so the flag decides only
+        # that division (tests/test_trainer_logging.py; .ci/floor_smoke.py on the oldest transformers).
+        self.model_accepts_loss_kwargs = True
         self.track_flops = track_flops
         self.executor = executor
         self.loss_config = loss_config

@@ -29,11 +29,12 @@ query blocks, each with a boolean mask over its key window built from the same r
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from transformers import AttentionInterface
 
 from . import torch_attention
-from .block_causal_attention import block_causal_attention, interpreted
 from .block_layout import BlockCausalLayout
 
 __all__ = ["ATTENTION_NAME", "attention_input_dtype", "block_causal_attention_forward", "register"]
@@ -131,7 +132,13 @@ def attention_input_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.T
 
 
 def _use_triton(device: torch.device) -> bool:
-    return device.type == "cuda" or interpreted()
+    if device.type == "cuda":
+        return True
+    if importlib.util.find_spec("triton") is None:  # the PyTorch form needs no triton: the CPU fast path
+        return False
+    from .block_causal_attention import interpreted
+
+    return interpreted()
 
 
 def block_causal_attention_forward(
@@ -198,6 +205,8 @@ def block_causal_attention_forward(
 
         out = flex_block_causal_attention(q, k, v, layout, scaling)
     elif triton_wanted:
+        from .block_causal_attention import block_causal_attention  # triton: imported only when it runs
+
         out = block_causal_attention(
             q, k, v, layout.shared_start, layout.shared_end, layout.causal_start, scaling, layout=layout
         )

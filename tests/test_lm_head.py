@@ -105,6 +105,29 @@ def test_auto_takes_linear_ce_where_it_applies() -> None:
         lm_head_cross_entropy_sum(torch.zeros(2, 8), targets, head, LogitTransform(softcap=2.0), "linear_ce")
 
 
+def test_auto_without_linear_ce_falls_back_to_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch 2.11 (the GPU image's, pyproject's floor) has no F.linear_cross_entropy: "auto" then takes the
+    checkpointed chunks, which match the float64 formula, and asking for linear_ce says what is missing."""
+    monkeypatch.delattr(F, "linear_cross_entropy", raising=False)
+    monkeypatch.setattr(lm_head, "LOGITS_PER_CHUNK", 97 * 40)  # several chunks, the last one ragged
+    gen = torch.Generator().manual_seed(SEED)
+    head = nn.Linear(32, 97)
+    hidden = torch.randn(300, 32, generator=gen)
+    targets = torch.randint(0, 97, (300,), generator=gen)
+    assert not lm_head.linear_ce_applies(head, TRANSFORMS["plain"])
+    taken = []
+    chunks = lm_head.chunked_cross_entropy_sum
+    monkeypatch.setattr(lm_head, "chunked_cross_entropy_sum", lambda *a: taken.append(1) or chunks(*a))
+    ours = loss_and_grads(hidden, targets, head, TRANSFORMS["plain"], "auto")
+    assert taken, "auto did not take the chunks"
+    for name, x, r in zip(
+        ["loss", "d hidden", "d weight", "d bias"], ours, reference(hidden, targets, head, LogitTransform())
+    ):
+        assert rel_err(x, r) < 1e-5, f"{name}: {rel_err(x, r):.2e}; {NOTE}"
+    with pytest.raises(ValueError, match="linear_ce needs F.linear_cross_entropy"):
+        lm_head_cross_entropy_sum(hidden, targets, head, LogitTransform(), "linear_ce")
+
+
 def test_bfloat16_sum_is_float32() -> None:
     """Half inputs: per-token losses summed in float32 (the op's own bf16 sum was 1.4e-2 off)."""
     gen = torch.Generator().manual_seed(SEED)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -189,6 +190,28 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert command.endswith("pytest -q") and '-e ".[test]"' in command
     indented = [line for line in readme.splitlines() if line.startswith("    ") and "pytest" in line]
     assert not indented, "the README's commands are in fenced bash blocks"
+
+
+def test_ci_floor_installs_the_floors_pyproject_names() -> None:
+    """One source of truth: .ci/floor pins exactly the floors of pyproject.toml (transformers, the triton extra;
+    torch at 2.13.0, the oldest CPU build reachable, while pyproject's torch floor is the GPU image's)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["triton"]
+    floors = {}
+    for requirement in requirements:
+        match = re.match(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)", requirement)
+        if match:
+            floors[match.group(1)] = match.group(2)
+    assert {"torch", "transformers", "triton"} <= floors.keys(), floors
+    for name in ("transformers", "triton"):  # every other [test]/[triton] bound must not exceed the floor job's pin
+        bounds = [r for r in project["optional-dependencies"]["test"] if r.startswith(f"{name}>=")]
+        assert all(r == f"{name}>={floors[name]}" for r in bounds), (bounds, floors[name])
+    result = run(["bash", str(ROOT / ".ci" / "floor"), "--print"], ROOT)
+    assert result.returncode == 0, result.stderr
+    pins = dict(pin.split("==") for pin in result.stdout.split())
+    assert pins == {"torch": "2.13.0", "transformers": floors["transformers"], "triton": floors["triton"]}
+    assert tuple(map(int, floors["torch"].split("."))) <= (2, 13), "the floor job's torch is below pyproject's floor"
+    assert project["requires-python"] == ">=3.10" and sys.version_info >= (3, 10)
 
 
 def test_wheel_holds_both_packages_typed_with_license_and_entry_points(tmp_path: Path) -> None:

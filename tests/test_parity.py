@@ -195,7 +195,7 @@ def test_parity_tool_names_the_first_step_and_quantity_where_they_part(tmp_path:
 
 def test_parity_tool_parts_with_dropout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Dropout draws other random numbers when the views add rows: parity needs it off."""
-    assert parity.main(parity_argv(tmp_path, "--dropout", "0.1")) == 1
+    assert parity.main(parity_argv(tmp_path, "--dropout", "0.1", "--impl", "reference")) == 1  # fast has no dropout
     part = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PART:")]
     assert part and part[0].startswith("PART: A and B part at step 1") and "grad_norm" in part[0]
 
