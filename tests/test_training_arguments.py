@@ -118,8 +118,7 @@ def test_contradictory_training_arguments_fail_before_loading(
 def test_schedule_report_to_and_bf16_mixed_precision_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard)")
     out, ref = tmp_path / "out", tmp_path / "ref"
-    # --impl reference: the fast path under --bf16 autocast on the CPU fails (expected Float, found BFloat16)
-    argv = ["--regular", "--impl", "reference", "--max_train_steps", "4", "--learning_rate", "1e-3"]
+    argv = ["--regular", "--max_train_steps", "4", "--learning_rate", "1e-3"]
     argv += ["--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "2", "--report_to", "tensorboard"]
     assert main([*argv, "--bf16", "--output_dir", str(out)]) == 0, capsys.readouterr().err[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
