@@ -13,15 +13,15 @@ rows: dicts (or a datasets.Dataset) with a "messages" list, as in the JSONL file
 
 __version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
 
-from .collate import ViewCollator
-from .data import Example, examples_from_records, load_examples
 from .default_model import DEFAULT_MODEL_NAME, build_default_model, build_default_tokenizer, sample_data_path
-from .execute import Executed, run_reference
-from .fast import run_fast
+from .execution.fast import run_fast
+from .execution.reference import Executed, run_reference
 from .model import ModelSpec, load_model, load_tokenizer
-from .plan import ViewPlan, ViewRow
-from .trainer import JepaTrainer, LossConfig
-from .views import Encoded, ViewConfig, build_plan, encode_all
+from .training.trainer import JepaTrainer, LossConfig
+from .views.collate import ViewCollator
+from .views.encoding import Encoded, ViewConfig, build_plan, encode_all
+from .views.examples import Example, examples_from_records, load_examples
+from .views.plan import ViewPlan, ViewRow
 
 __all__ = [
     "__version__",

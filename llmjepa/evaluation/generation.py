@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from .errors import UserError
-from .views import ViewConfig, render, template_options, tokenize, view1_messages
+from ..errors import UserError
+from ..views.encoding import ViewConfig, render, template_options, tokenize, view1_messages
 
 CHOICES = ("A", "B", "C", "D")
 

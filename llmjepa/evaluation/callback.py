@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
-from .data import Example
-from .errors import UserError
+from ..errors import UserError
+from ..views.encoding import ViewConfig
+from ..views.examples import Example
 from .generation import ChoiceGenerator, GenerationSettings, HFGenerator, length_batches, prompt_ids
 from .scorers import ScoreConfig, clean_prediction, gsm8k_answer, is_correct, scorer_for
-from .views import ViewConfig
 
 
 @contextmanager

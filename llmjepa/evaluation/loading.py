@@ -6,8 +6,8 @@ import os
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .errors import UserError
-from .model import ModelSpec, load_model, load_tokenizer
+from ..errors import UserError
+from ..model import ModelSpec, load_model, load_tokenizer
 
 
 def has_tokenizer(path: str) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, located
+from ..errors import UserError, located
 
 ROLE_ORDERS = (("system", "user", "assistant"), ("user", "assistant"))
 

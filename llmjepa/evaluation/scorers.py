@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import UserError
+from ..errors import UserError
 
 SCORERS = ("gsm8k", "spider", "nq_open", "hellaswag", "synth", "turk", "exact")
 GSM8K_ANSWER = re.compile(r"\n#### (.+)$")  # upstream's pattern: the last line, after a newline

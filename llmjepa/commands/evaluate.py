@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Example, load_examples
-from .errors import UserError
-from .generation import (
+from ..errors import UserError
+from ..evaluation.generation import (
     ChoiceGenerator,
     GenerationSettings,
     HFGenerator,
@@ -35,7 +34,7 @@ from .generation import (
     vllm_usable,
     write_json,
 )
-from .scorers import (
+from ..evaluation.scorers import (
     SCORERS,
     ScoreConfig,
     clean_prediction,
@@ -46,7 +45,8 @@ from .scorers import (
     spider_db_id,
     startswith_correct,
 )
-from .views import ViewConfig
+from ..views.encoding import ViewConfig
+from ..views.examples import Example, load_examples
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -307,7 +307,7 @@ class Outcome:
 
 
 def load_for_eval(name: str, args: argparse.Namespace, device: torch.device) -> tuple:
-    from .checkpoints import load_eval_model
+    from ..evaluation.loading import load_eval_model
 
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     return load_eval_model(name, dtype=dtype, seed=args.seed, adapter_base=args.adapter_base, device=device)
@@ -336,7 +336,7 @@ def evaluate_model(name: str, examples: list[Example], args: argparse.Namespace,
     pending = [i for i in range(len(examples)) if i not in done and i % world == rank]
     vllm = uses_vllm(name, settings, args, world)
     if vllm:  # vLLM loads the weights itself; the HF model is loaded only if --similarity needs it
-        from .model import load_tokenizer
+        from ..model import load_tokenizer
 
         model, tokenizer = None, load_tokenizer(name)
     else:
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"llmjepa-eval: error: {e}", file=sys.stderr)
         return 2
-    from .cli import exit_torchrun_worker
+    from .train import exit_torchrun_worker
 
     exit_torchrun_worker()
     return 0

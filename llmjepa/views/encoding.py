@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .data import Example
-from .errors import UserError
+from ..errors import UserError
+from .examples import Example
 from .plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow, causal_row
 from .stp import check_spans, find_content_spans, stp_plan
 
@@ -546,8 +546,8 @@ def add_entropy_probes(plan: ViewPlan, batch: list[Encoded], cfg: ViewConfig, fi
 def next_token_entropy(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Entropy of the model's next-token distribution at each hidden row (final layer), float32, no grad:
     log Z - sum p * logits, the fork's formula."""
-    from .fast import unwrap
-    from .lm_head import head_transform
+    from ..execution.fast import unwrap
+    from ..execution.lm_head import head_transform
 
     base = unwrap(model)
     with torch.no_grad():
@@ -586,7 +586,7 @@ class ViewReadout:
         self.func = getattr(executor, "func", executor)  # the path it wraps, for defaults.is_fast
 
     def __call__(self, model: nn.Module, plan: ViewPlan) -> Any:
-        from .execute import Executed
+        from ..execution.reference import Executed
 
         out = self.executor(model, plan)
         hidden, pred, target = out.hidden, out.pred_index, out.target_index

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from .cli import JEPA_ONLY_FLAGS, build_parser, check_args
-from .errors import UserError
+from ..errors import UserError
+from .train import JEPA_ONLY_FLAGS, build_parser, check_args
 
 QUANTITIES = ("microbatches", "label_tokens", "loss", "grad_norm")  # checked in this order at each step
 EXACT = ("microbatches", "label_tokens")
@@ -206,7 +206,7 @@ def build_hf_sft(args: argparse.Namespace) -> Any:
     """A plain transformers.Trainer doing SFT on what --regular trains on: the same encoded view-1
     ids and labels, model and weights, TrainingArguments (optimizer, schedule, clipping, seed,
     sampler, drop_last). Returns the trainer; `records` on it fills during train()."""
-    from .model import load_tokenizer
+    from ..model import load_tokenizer
     from .run import (
         check_enough,
         encode_split,

@@ -1,10 +1,10 @@
 """The Trainer's data collator: a list of Encoded examples -> {"plan": ViewPlan or fast.PackedPlan}."""
 
-from .fast import AttentionShape, PackedPlan, host_layout
+from ..execution.fast import AttentionShape, PackedPlan, host_layout
+from ..training.trainer import jepa_ratio_keeps_views
+from .encoding import Encoded, ViewConfig, build_plan
 from .pack import pack_plan
 from .plan import ViewPlan
-from .trainer import jepa_ratio_keeps_views
-from .views import Encoded, ViewConfig, build_plan
 
 
 class ViewCollator:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 PREFIX = "ta__"  # namespace attributes of passed-through TrainingArguments fields
 ALIASES = {  # TrainingArguments field -> the upstream flag's dest that means the same

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..views.pack import row_arrays
+from ..views.plan import IGNORE_INDEX, NO_SHARED, ViewPlan
 from .losses import token_cross_entropy_sum
-from .pack import row_arrays
-from .plan import IGNORE_INDEX, NO_SHARED, ViewPlan
 
 
 @dataclass

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def default_config() -> dict:
     """The embedded tiny model on the bundled arithmetic data, sized for a few CPU minutes. The model
     starts from random weights, so accuracies are ~0: the sweep shows the protocol runs, not a result."""
-    from .default_model import sample_data_path
+    from ..default_model import sample_data_path
 
     return {
         "train_args": [
@@ -103,7 +103,8 @@ def run_tool(name: str, argv: list[str], launcher: str | None) -> None:
             raise UserError(f"--launcher needs {name} on PATH (pip install -e .)")
         code = subprocess.call([*shlex.split(launcher), script, *argv])
     else:
-        from . import cli, evaluate
+        from . import evaluate
+        from . import train as cli
 
         code = (cli.main if name == "llmjepa-train" else evaluate.main)(argv)
     if code != 0:

@@ -15,18 +15,18 @@ import torch
 import torch.distributed as dist
 from transformers import TrainingArguments, set_seed
 
-from .collate import ViewCollator
-from .data import load_examples, split_examples
-from .errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
-from .execute import Executor, run_reference
-from .fast import check_fast_supported, collator_attention_shape, run_fast
-from .interrupt import StopOnSignal
-from .model import ModelSpec, load_model, load_tokenizer
+from ..errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
+from ..execution.fast import check_fast_supported, collator_attention_shape, run_fast
+from ..execution.reference import Executor, run_reference
+from ..model import ModelSpec, load_model, load_tokenizer
+from ..training.callbacks import StopOnSignal
+from ..training.profiled_flops import add_profiled_flops
+from ..training.trainer import JepaTrainer, LossConfig
+from ..views.collate import ViewCollator
+from ..views.encoding import Encoded, ViewConfig, encode_all, readout_for
+from ..views.examples import load_examples, split_examples
+from ..views.stp import check_layer, prepare_model, stp_config
 from .plots import plot_curves
-from .profiled_flops import add_profiled_flops
-from .stp import check_layer, prepare_model, stp_config
-from .trainer import JepaTrainer, LossConfig
-from .views import Encoded, ViewConfig, encode_all, readout_for
 
 
 def view_config(args: argparse.Namespace) -> ViewConfig:
@@ -102,7 +102,7 @@ def same_flop_save_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:
 
 
 def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
-    from .default_model import sample_data_path
+    from ..default_model import sample_data_path
 
     if args.data_file:
         train, held = split_examples(load_examples(args.data_file), args.eval_split, args.split_seed)
@@ -356,7 +356,7 @@ def build_run(args: argparse.Namespace) -> Run:
     if args.track_flop:  # upstream's profiler count too, over the first steps (llmjepa/profiled_flops.py)
         add_profiled_flops(trainer)
     if args.eval_accuracy:  # llmjepa-eval's accuracy at each evaluation, logged through trainer.log
-        from .eval_callback import add_accuracy_callback
+        from ..evaluation.callback import add_accuracy_callback
 
         add_accuracy_callback(trainer, eval_examples, tokenizer, cfg, args)
     return Run(trainer, metrics_path)
@@ -480,7 +480,7 @@ def wait_for_rank_zero() -> None:
 
 def finish(args: argparse.Namespace, run: Run) -> None:
     if args.merge_lora:  # a plain model, loadable without peft (the adapters stay in the checkpoints)
-        from .model import save_merged
+        from ..model import save_merged
 
         save_merged(
             run.trainer.accelerator.unwrap_model(run.trainer.model), run.trainer.processing_class, args.output_dir

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from .errors import UserError
-from .execute import Executed, model_dtype_device
+from ..errors import UserError
+from ..views.pack import PackedStream, pack_plan
+from ..views.plan import ViewPlan
 from .lm_head import head_transform, lm_head_cross_entropy_sum
-from .pack import PackedStream, pack_plan
-from .plan import ViewPlan
+from .reference import Executed, model_dtype_device
 
 if TYPE_CHECKING:
     from llmjepa_kernels.block_layout import BlockCausalLayout, TileShape

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .errors import UserError
+from ..errors import UserError
 from .losses import token_cross_entropy_sum
 
 __all__ = [

@@ -3,7 +3,7 @@
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .plan import IGNORE_INDEX, ViewPlan
+from ..views.plan import IGNORE_INDEX, ViewPlan
 
 
 def describe_row(tokenizer: PreTrainedTokenizerBase, r: int, row) -> str:

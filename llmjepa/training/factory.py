@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from .execute import Executor, run_reference
-from .views import Encoded, ViewConfig
+from ..execution.reference import Executor, run_reference
+from ..views.encoding import Encoded, ViewConfig
 
 logger = logging.getLogger("llmjepa")
 DATASETS = ("train_dataset", "eval_dataset")
@@ -33,7 +33,7 @@ def view_tokens(cfg: ViewConfig) -> list[str]:
 
 
 def is_fast(executor: Executor) -> bool:
-    from .fast import run_fast
+    from ..execution.fast import run_fast
 
     return getattr(executor, "func", executor) is run_fast
 
@@ -41,9 +41,9 @@ def is_fast(executor: Executor) -> bool:
 def default_executor(model: nn.Module, pad_token_id: int | None) -> Executor:
     """The fast path where the model already runs our attention, or where CUDA and Triton are present and
     the model is one the fast path supports (its attention is then switched to ours); else the reference."""
-    from .cli import fast_path_available
-    from .errors import UserError
-    from .fast import check_fast_supported, run_fast, unwrap
+    from ..commands.train import fast_path_available
+    from ..errors import UserError
+    from ..execution.fast import check_fast_supported, run_fast, unwrap
 
     try:
         from llmjepa_kernels import hf_attention
@@ -71,9 +71,9 @@ def library_defaults(
     executor: Executor | None,
 ) -> tuple[dict[str, Any], Any, Executor]:
     """Trainer keyword arguments with the datasets tokenized and a collator; the loss config; the executor."""
-    from .collate import ViewCollator
-    from .data import examples_from_records
-    from .model import add_missing_tokens
+    from ..model import add_missing_tokens
+    from ..views.collate import ViewCollator
+    from ..views.examples import examples_from_records
     from .trainer import LossConfig
 
     loss_config = LossConfig() if loss_config is None else loss_config
@@ -98,7 +98,7 @@ def library_defaults(
         if getattr(kwargs.get("args"), "gradient_checkpointing", False):
             model.enable_input_require_grads()  # checkpointed LoRA layers need inputs that require grad
     for name in raw:
-        from .views import encode_all
+        from ..views.encoding import encode_all
 
         encoded, report = encode_all(examples_from_records(kwargs[name], name), tokenizer, cfg)
         for line in report.lines(name, cfg.max_length, cfg.num_prediction_steps):
@@ -114,7 +114,7 @@ def library_defaults(
             pack=is_fast(executor),
             keep_rows=loss_config.debug > 0,  # only --debug's printing reads the rows of a packed plan
         )
-    from .views import readout_for
+    from ..views.encoding import readout_for
 
     # --jepa_layer and --entropy_filter read their pairs through a wrapper; wrapped after the collator,
     # which asks whether the bare executor is the fast one

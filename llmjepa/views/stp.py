@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 STP_MODES = ("random_span", "e2e", "mean", "curvature")
 LENGTH_ADJUSTMENTS = ("cosine_like", "jaccard_like")

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
-from .errors import NonFiniteLoss
-from .execute import Executed, Executor
-from .losses import jepa_pair_losses
-from .plan import ViewPlan
+from ..errors import NonFiniteLoss
+from ..execution.losses import jepa_pair_losses
+from ..execution.reference import Executed, Executor
+from ..views.plan import ViewPlan
 
 FUSED_KINDS = ("cosine", "l2", "mse")  # infonce compares every pair with every other: PyTorch
 
@@ -170,7 +170,7 @@ class JepaTrainer(Trainer):
     ) -> None:
         """Trainer's arguments, and: executor, loss_config, view_config (views.ViewConfig), peft_config;
         each made when not given, and datasets of {"messages": [...]} rows tokenized (defaults.py)."""
-        from .defaults import library_defaults, trainer_keywords
+        from .factory import library_defaults, trainer_keywords
 
         kwargs, loss_config, executor = library_defaults(
             trainer_keywords(args, kwargs), loss_config, view_config, peft_config, executor
@@ -206,7 +206,7 @@ class JepaTrainer(Trainer):
         """(loss, ce_sum, jepa_sum, per-pair cosines or None, tokens run) of one plan, normalized by the
         step totals."""
         if plan.stp is not None:  # --linear (STP): the JEPA term reads view 1's hidden rows (llmjepa/stp.py)
-            from .stp import stp_plan_losses
+            from ..views.stp import stp_plan_losses
 
             return stp_plan_losses(self, model, plan, label_tokens, pairs)
         cfg = self.loss_config

@@ -14,7 +14,7 @@ import re
 import sys
 import time
 
-from .errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
+from ..errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
 
 POSITIVE_INTS = ("batch_size", "grad_accum", "num_epochs", "logging_steps", "eval_steps")
 JEPA_ONLY_FLAGS = (
@@ -31,7 +31,7 @@ JEPA_ONLY_FLAGS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .default_model import DEFAULT_MODEL_NAME
+    from ..default_model import DEFAULT_MODEL_NAME
 
     p = argparse.ArgumentParser(
         prog="llmjepa-train", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--eval_accuracy", action="store_true", help="generation accuracy at each evaluation")
     ours.add_argument("--eval_accuracy_samples", type=int, default=32, help="eval examples it generates for")
     ours.add_argument("--eval_accuracy_max_new_tokens", type=int, default=128)
-    from .stp import add_stp_arguments
+    from ..views.stp import add_stp_arguments
 
     add_stp_arguments(p)  # group "STP (upstream stp.py)": --linear and its flags (llmjepa/stp.py)
     from .hf_args import add_training_arguments
@@ -213,7 +213,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     args.step_separator = unescape(args.step_separator)
     if not args.step_separator:
         raise UserError("--step_separator must not be empty")
-    from .stp import check_stp_args
+    from ..views.stp import check_stp_args
 
     check_stp_args(args)
     if args.regular and args.jepa_layer != -1:
@@ -302,7 +302,7 @@ def check_paths(args: argparse.Namespace) -> None:
 def check_model_name(name: str) -> None:
     """A local folder, the embedded default, a model in the Hugging Face cache, or a Hub id the Hub can
     be reached for. Otherwise fail now, in a second, rather than after the Hub client's retries."""
-    from .default_model import DEFAULT_MODEL_NAME
+    from ..default_model import DEFAULT_MODEL_NAME
 
     if name == DEFAULT_MODEL_NAME or os.path.isdir(name):
         return
