@@ -28,9 +28,9 @@ import torch  # noqa: E402
 
 from llmjepa.commands.run import encode_split, load_data, view_config  # noqa: E402
 from llmjepa.commands.train import parse_args  # noqa: E402
-from llmjepa.execution.fast import AttentionShape  # noqa: E402
 from llmjepa.model import load_tokenizer  # noqa: E402
 from llmjepa.views.collate import ViewCollator  # noqa: E402
+from llmjepa.views.layout import AttentionShape  # noqa: E402
 
 
 def best_us(fn, repeats: int) -> float:

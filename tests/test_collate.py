@@ -22,10 +22,12 @@ import torch.multiprocessing  # noqa: F401  (registers tensor reductions with Fo
 from llmjepa.commands.run import build_run
 from llmjepa.commands.train import parse_args
 from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
-from llmjepa.execution.fast import AttentionShape, PackedPlan, StreamWithLayout, kernel_tiles, run_fast
+from llmjepa.execution.fast import run_fast
 from llmjepa.model import ModelSpec, load_model, load_tokenizer
+from llmjepa.views.builders import build_plan
 from llmjepa.views.collate import ViewCollator
-from llmjepa.views.encoding import ViewConfig, build_plan, encode_all
+from llmjepa.views.encoding import ViewConfig, encode_all
+from llmjepa.views.layout import AttentionShape, PackedPlan, StreamWithLayout, kernel_tiles
 from llmjepa.views.pack import pack_plan
 from llmjepa.views.plan import ViewPlan
 

@@ -20,7 +20,8 @@ from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
 from llmjepa.execution.fast import run_fast
 from llmjepa.execution.reference import run_reference
 from llmjepa.model import ModelSpec, load_model, load_tokenizer
-from llmjepa.views.encoding import ViewConfig, build_plan, common_causal_prefix, encode_all
+from llmjepa.views.builders import build_plan, common_causal_prefix
+from llmjepa.views.encoding import ViewConfig, encode_all
 from llmjepa.views.pack import pack_plan, pack_plan_indexed
 from llmjepa.views.plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow, causal_row, visibility
 

@@ -194,7 +194,8 @@ def test_cuda_forward_and_backward(dtype: torch.dtype) -> None:
 def plan_and_models(mode: dict, dtype: str):
     from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
     from llmjepa.model import ModelSpec, load_model, load_tokenizer
-    from llmjepa.views.encoding import ViewConfig, build_plan, encode_all
+    from llmjepa.views.builders import build_plan
+    from llmjepa.views.encoding import ViewConfig, encode_all
     from llmjepa.views.examples import load_examples
     from llmjepa_kernels import hf_attention
 

@@ -22,7 +22,8 @@ from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
 from llmjepa.execution.fast import run_fast
 from llmjepa.execution.reference import run_reference
 from llmjepa.model import ModelSpec, load_model, load_tokenizer
-from llmjepa.views.encoding import ViewConfig, build_plan, encode_all
+from llmjepa.views.builders import build_plan
+from llmjepa.views.encoding import ViewConfig, encode_all
 from llmjepa.views.examples import load_examples
 from llmjepa.views.pack import pack_plan
 from llmjepa.views.plan import IGNORE_INDEX, check_row

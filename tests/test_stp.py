@@ -24,7 +24,8 @@ from llmjepa.default_model import DEFAULT_MODEL_NAME, build_default_model, sampl
 from llmjepa.execution.fast import run_fast
 from llmjepa.execution.reference import run_reference
 from llmjepa.model import load_tokenizer
-from llmjepa.views.encoding import EncodeReport, ViewConfig, build_plan, encode
+from llmjepa.views.builders import build_plan
+from llmjepa.views.encoding import EncodeReport, ViewConfig, encode
 from llmjepa.views.examples import load_examples
 from llmjepa.views.stp import (
     LinearPredictor,

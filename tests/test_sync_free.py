@@ -380,7 +380,7 @@ def test_collator_builds_only_the_lists_the_kernels_read(tmp_path: Path) -> None
     tile masks) and the move to a device."""
     import pickle
 
-    from llmjepa.execution.fast import kernel_tiles
+    from llmjepa.views.layout import kernel_tiles
     from llmjepa_kernels.block_causal_attention import default_config
 
     argv = ["--impl", "fast", "--lbd", "0.5", "--predictors", "1", "--num_prediction_steps", "2"]
@@ -407,7 +407,7 @@ def test_collator_builds_only_the_lists_the_kernels_read(tmp_path: Path) -> None
 def test_kernel_tiles_on_a_gpu_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """With three tile shapes (bf16, head_dim 128 on a GPU), three lists: not both directions of each."""
     attention = importlib.import_module("llmjepa_kernels.block_causal_attention")  # the package's name is the function
-    from llmjepa.execution.fast import AttentionShape, kernel_tiles
+    from llmjepa.views.layout import AttentionShape, kernel_tiles
     from llmjepa_kernels.block_layout import BlockCausalLayout
 
     gpu = attention.AttentionConfig(

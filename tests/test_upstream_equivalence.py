@@ -60,7 +60,8 @@ from llmjepa.default_model import build_default_model, build_default_tokenizer, 
 from llmjepa.execution.losses import JEPA_KINDS, jepa_pair_losses
 from llmjepa.execution.reference import run_reference
 from llmjepa.model import load_tokenizer
-from llmjepa.views.encoding import EncodeReport, ViewConfig, build_plan, encode
+from llmjepa.views.builders import build_plan
+from llmjepa.views.encoding import EncodeReport, ViewConfig, encode
 from llmjepa.views.examples import Example, load_examples
 
 REL = 1e-5

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import UserError
 from ..evaluation.generation import (
     ChoiceGenerator,
@@ -266,26 +267,21 @@ def merge(out: Path, examples: list[Example], world: int) -> list[dict]:
 
 # ---- distributed (torchrun) ---------------------------------------------------------------------
 def rank_and_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    """This rank and the ranks, from torchrun's environment (before any process group)."""
+    return distributed.launched_rank(), distributed.launched_world_size()
 
 
 def barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
 
-        if not dist.is_initialized():
+        if not distributed.initialized():
             dist.init_process_group("gloo")
-        dist.barrier()
+        distributed.barrier()
 
 
 def all_ranks_sum(values: list[float], world: int) -> list[float]:
-    if world == 1:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
+    return values if world == 1 else distributed.all_reduce_sums(values)
 
 
 def device_for(rank: int) -> torch.device:

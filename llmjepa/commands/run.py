@@ -12,18 +12,19 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from transformers import TrainingArguments, set_seed
 
+from ..distributed import barrier, is_main_process, launched_world_size
 from ..errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
 from ..execution.fast import check_fast_supported, collator_attention_shape, run_fast
+from ..execution.readout import readout_for
 from ..execution.reference import Executor, run_reference
 from ..model import ModelSpec, load_model, load_tokenizer
-from ..training.callbacks import StopOnSignal
-from ..training.profiled_flops import add_profiled_flops
+from ..tokens import predictor_tokens
+from ..training.callbacks import StopOnSignal, add_profiled_flops
 from ..training.trainer import JepaTrainer, LossConfig
 from ..views.collate import ViewCollator
-from ..views.encoding import Encoded, ViewConfig, encode_all, readout_for
+from ..views.encoding import Encoded, ViewConfig, encode_all
 from ..views.examples import load_examples, split_examples
 from ..views.stp import check_layer, prepare_model, stp_config
 from .plots import plot_curves
@@ -71,17 +72,20 @@ def loss_config(args: argparse.Namespace) -> LossConfig:
     )
 
 
-def same_flop_epochs(args: argparse.Namespace) -> int:
-    """Upstream --same_flop: epochs divided by the cost of the views (3 rows, 2 packed, 1 + r)."""
+def same_flop_factor(args: argparse.Namespace) -> float:
+    """Upstream --same_flop: the cost of a step's views relative to regular SFT (3 rows; 2 packed with
+    --additive_mask; 1 + r with --jepa_ratio r; 1 for --regular). Epochs and the checkpoint interval
+    are divided by it."""
     if args.jepa_ratio > 0:
-        factor = 1 + args.jepa_ratio
-    elif args.additive_mask:
-        factor = 2
-    elif not args.regular:
-        factor = 3
-    else:
-        factor = 1
-    epochs = math.ceil(args.num_epochs / factor)
+        return 1 + args.jepa_ratio
+    if args.additive_mask:
+        return 2
+    return 1 if args.regular else 3
+
+
+def same_flop_epochs(args: argparse.Namespace) -> int:
+    """Upstream --same_flop: epochs divided by the cost of the views, rounded up."""
+    epochs = math.ceil(args.num_epochs / same_flop_factor(args))
     if is_main_process():
         print(f">>>>> --same_flop is active: {args.num_epochs} epochs -> {epochs}")
     return epochs
@@ -90,15 +94,7 @@ def same_flop_epochs(args: argparse.Namespace) -> int:
 def same_flop_save_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:
     """Upstream --same_flop also divides the checkpoint interval (an epoch's steps) by the views' cost, as
     it rounds: int(s / (1 + r)), s // 2, s // 3; at least 1 here (the Trainer refuses 0)."""
-    if args.jepa_ratio > 0:
-        steps = int(steps_per_epoch / (1 + args.jepa_ratio))
-    elif args.additive_mask:
-        steps = steps_per_epoch // 2
-    elif not args.regular:
-        steps = steps_per_epoch // 3
-    else:
-        steps = steps_per_epoch
-    return max(1, steps)
+    return max(1, int(steps_per_epoch / same_flop_factor(args)))
 
 
 def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
@@ -113,11 +109,6 @@ def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
     if args.eval_file:
         held = load_examples(args.eval_file)
     return train, held, source
-
-
-def is_main_process() -> bool:
-    """Rank 0 under torchrun (set before the Trainer starts the process group), else True."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def encode_split(examples: list, tokenizer, cfg: ViewConfig, source: str) -> list[Encoded]:
@@ -158,7 +149,7 @@ def training_arguments(
     args: argparse.Namespace, n_train: int, has_eval: bool, checkpointing: bool
 ) -> TrainingArguments:
     epochs = same_flop_epochs(args) if args.same_flop else args.num_epochs
-    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun: each rank takes its share of every epoch
+    ranks = launched_world_size()  # torchrun: each rank takes its share of every epoch
     steps_per_epoch = max(1, n_train // (args.batch_size * args.grad_accum * ranks))
     ours = dict(
         output_dir=args.output_dir,
@@ -303,7 +294,7 @@ def executor_for(args: argparse.Namespace, pad_token_id: int) -> Executor:
         executor = partial(run_fast, pad_token_id=pad_token_id, attention=getattr(args, "attention_backend", None))
     else:
         executor = partial(run_reference, pad_token_id=pad_token_id)
-    return readout_for(executor, view_config(args))  # --jepa_layer, --entropy_filter: views.ViewReadout
+    return readout_for(executor, view_config(args))  # --jepa_layer, --entropy_filter: execution.readout
 
 
 def fused_pair_loss(args: argparse.Namespace) -> bool:
@@ -329,7 +320,7 @@ def build_run(args: argparse.Namespace) -> Run:
     prepare_model(args, model)  # STP: --jepa_layer checked, the linear predictor attached (llmjepa/stp.py)
     if cfg.jepa_layer != -1:
         check_layer(model, cfg.jepa_layer)
-    predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{j}|>" for j in range(1, args.predictors + 1)])
+    predictor_ids = tokenizer.convert_tokens_to_ids(predictor_tokens(args.predictors))
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     backend = getattr(args, "attention_backend", None)
     kernel_shape = collator_attention_shape(model, backend) if args.impl == "fast" else None  # collator's tile lists
@@ -405,10 +396,7 @@ def complete_checkpoints(output_dir: str) -> list[Path]:
 
 
 def planned_epochs(args: argparse.Namespace) -> int:
-    if not args.same_flop:
-        return args.num_epochs
-    factor = 1 + args.jepa_ratio if args.jepa_ratio > 0 else 2 if args.additive_mask else 1 if args.regular else 3
-    return math.ceil(args.num_epochs / factor)
+    return math.ceil(args.num_epochs / same_flop_factor(args)) if args.same_flop else args.num_epochs
 
 
 def finished_already(args: argparse.Namespace, checkpoint: str) -> bool:
@@ -474,8 +462,7 @@ def stopped_not_finite(args: argparse.Namespace, run: Run, e: NonFiniteLoss) -> 
 
 def wait_for_rank_zero() -> None:
     """Under torchrun: every rank waits here until rank 0 has saved the model, metrics and plot."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
 
 
 def finish(args: argparse.Namespace, run: Run) -> None:

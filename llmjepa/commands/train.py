@@ -14,7 +14,10 @@ import re
 import sys
 import time
 
+from ..distributed import initialized, launched_world_size
 from ..errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
+from ..tokens import MAX_PREDICTORS
+from ..views.encoding import ENTROPY_NEEDS_STEPS, ENTROPY_NUMBERS, ISOLATED_NEEDS_STEPS
 
 POSITIVE_INTS = ("batch_size", "grad_accum", "num_epochs", "logging_steps", "eval_steps")
 JEPA_ONLY_FLAGS = (
@@ -189,6 +192,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.lbd is None:
         args.lbd = 0.1
     if args.impl is None:
+        from ..execution.fast import fast_path_available
+
         args.impl = "fast" if fast_path_available() else "reference"
     args.attention_backend = attention_backend_choice(args)
     if sum([args.jepa_l2, args.jepa_mse, args.infonce]) > 1:
@@ -207,7 +212,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         if bad:
             raise UserError(f"{', '.join(bad)} apply to view-based LLM-JEPA, not --num_prediction_steps")
     elif args.isolated_predictors:
-        raise UserError("--isolated_predictors needs --num_prediction_steps >= 1 (docs/views.md says why)")
+        raise UserError(ISOLATED_NEEDS_STEPS)
     elif not args.localized_masks or not args.include_last_step_target:
         raise UserError("--no_localized_masks and --omit_last_step_target need --num_prediction_steps >= 1")
     args.step_separator = unescape(args.step_separator)
@@ -232,9 +237,9 @@ def check_fork_extras(args: argparse.Namespace) -> None:
         args.num_prediction_steps = 1
     if args.entropy_filter:
         if args.num_prediction_steps < 2:
-            raise UserError("--entropy_filter chooses among step pairs: it needs --num_prediction_steps >= 2")
+            raise UserError(ENTROPY_NEEDS_STEPS)
         if args.entropy_top_k < 1 or args.entropy_context_window < 0:
-            raise UserError("--entropy_top_k must be >= 1 and --entropy_context_window >= 0")
+            raise UserError(ENTROPY_NUMBERS)
     elif args.entropy_top_k != 2 or args.entropy_context_window != 2:
         raise UserError("--entropy_top_k and --entropy_context_window apply to --entropy_filter")
     if args.unmask_user and (args.train_all or args.upstream_labels):
@@ -256,7 +261,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         ("jepa_ratio", args.jepa_ratio <= 1, "<= 1 (a fraction of microbatches; <= 0: all)"),
         ("dropout", args.dropout is None or 0 <= args.dropout < 1, "in [0, 1)"),
         ("num_prediction_steps", args.num_prediction_steps >= 0, ">= 0"),
-        ("predictors", 0 <= args.predictors <= 10, "in 0..10"),
+        ("predictors", 0 <= args.predictors <= MAX_PREDICTORS, f"in 0..{MAX_PREDICTORS}"),
         ("max_length", args.max_length >= 8, ">= 8"),
         ("max_train_steps", args.max_train_steps == -1 or args.max_train_steps >= 1, ">= 1, or -1 (--num_epochs)"),
         ("save_steps", args.save_steps >= 0, ">= 0 (0: every epoch)"),
@@ -349,7 +354,7 @@ def default_output_dir(args: argparse.Namespace) -> str:
     """runs/<date>-<time>-<mode>, a folder no earlier run wrote (runs/ is git-ignored)."""
     if args.resume_from_checkpoint == "latest":
         raise UserError("--resume_from_checkpoint latest needs --output_dir (by default every run gets a new folder)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_world_size() > 1:
         raise UserError("under torchrun give --output_dir: each rank would pick its own default folder")
     steps = args.num_prediction_steps
     mode = "regular" if args.regular else f"step-jepa-n{steps}" if steps else "jepa"
@@ -400,15 +405,6 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
-def fast_path_available() -> bool:
-    """CUDA and Triton: where --impl fast is the default."""
-    import importlib.util
-
-    import torch
-
-    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from .hf_args import parse_with_config  # --config FILE.yaml; TrainingArguments fields -> args.training_overrides
 
@@ -442,9 +438,7 @@ def exit_torchrun_worker() -> None:
     worker now and then after all its work was done ("terminate called without an active exception",
     exit -6; 2 of 2 CI runs on 2026-11-24, one with the process group destroyed first), and torchrun
     then fails the whole launch."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if not initialized():
         return
     sys.stdout.flush()
     sys.stderr.flush()

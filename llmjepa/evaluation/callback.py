@@ -9,9 +9,9 @@ scores them as llmjepa-eval would (the scorer chosen by the eval file's base nam
 from contextlib import contextmanager
 
 import torch
-import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+from .. import distributed
 from ..errors import UserError
 from ..views.encoding import ViewConfig
 from ..views.examples import Example
@@ -56,7 +56,7 @@ class GenerationAccuracyCallback(TrainerCallback):
 
     def counts(self, model: torch.nn.Module) -> tuple[int, int]:
         """(correct, n) over this rank's share of the examples."""
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        rank, world = distributed.rank(), distributed.world_size()
         mine = [i for i in range(len(self.examples)) if i % world == rank]
         if self.score.scorer == "hellaswag":
             generator = ChoiceGenerator(model, self.tokenizer)
@@ -73,10 +73,7 @@ class GenerationAccuracyCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, **kwargs) -> None:
         model = self.trainer.model
         correct, n = self.counts(model)
-        if dist.is_initialized():
-            t = torch.tensor([correct, n], dtype=torch.float64, device=next(model.parameters()).device)
-            dist.all_reduce(t)
-            correct, n = int(t[0]), int(t[1])
+        correct, n = map(int, distributed.all_reduce_sums([correct, n], next(model.parameters()).device))
         self.trainer.log({"eval_accuracy": correct / n if n else 0.0, "eval_accuracy_n": n})
 
 

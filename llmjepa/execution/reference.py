@@ -2,12 +2,9 @@
 
 `run_reference` is the pure-PyTorch path with upstream's semantics: rows right-padded to one
 length, a dense (rows, 1, L, L) additive mask built from the plan's ranges (on the model's device),
-one model call, logits for every row. The fast path (another module) returns the same `Executed` from a packed,
-padding-free stream.
+one model call, logits for every row. The fast path (`fast.py`) returns the same `Executed` from a packed,
+padding-free stream; `protocol.py` says what both consume.
 """
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,18 +13,7 @@ from torch import nn
 from ..views.pack import row_arrays
 from ..views.plan import IGNORE_INDEX, NO_SHARED, ViewPlan
 from .losses import token_cross_entropy_sum
-
-
-@dataclass
-class Executed:
-    ce_sum: torch.Tensor  # sum of token cross entropy over the plan's label tokens (float32 scalar)
-    hidden: torch.Tensor  # (tokens, D) final hidden states (after the final norm), flattened
-    pred_index: torch.Tensor  # (pairs,) rows of `hidden` holding predictor embeddings
-    target_index: torch.Tensor  # (pairs,) rows of `hidden` holding target embeddings
-    hidden_states: tuple | None = None  # the model's hidden_states, every layer (STP's --jepa_layer reads one)
-
-
-Executor = Callable[[nn.Module, ViewPlan], Executed]
+from .protocol import Executed, Executor, model_dtype_device  # noqa: F401  (Executor: the type, re-exported)
 
 
 def padded_inputs(plan: ViewPlan, pad_token_id: int, dtype: torch.dtype, device: torch.device) -> dict:
@@ -83,11 +69,6 @@ def pair_indices(plan: ViewPlan, row_length: int, device: torch.device) -> tuple
     return flat[0], flat[1]
 
 
-def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    param = next(p for p in model.parameters() if p.is_floating_point())
-    return param.dtype, param.device
-
-
 def run_reference(model: nn.Module, plan: ViewPlan, pad_token_id: int) -> Executed:
     """Upstream semantics: padded rows, dense masks, logits everywhere, one forward."""
     dtype, device = model_dtype_device(model)
@@ -100,3 +81,6 @@ def run_reference(model: nn.Module, plan: ViewPlan, pad_token_id: int) -> Execut
     hidden = out.hidden_states[-1]
     pred_index, target_index = pair_indices(plan, hidden.shape[1], device)
     return Executed(ce_sum, hidden.reshape(-1, hidden.shape[-1]), pred_index, target_index, out.hidden_states)
+
+
+run_reference.packs = False  # reads the plan's rows (protocol.executor_packs)

@@ -15,7 +15,12 @@ from typing import Any
 
 from torch import nn
 
-from ..execution.reference import Executor, run_reference
+from ..distributed import unwrap
+from ..errors import UserError
+from ..execution.protocol import Executor, executor_packs
+from ..execution.readout import readout_for
+from ..execution.reference import run_reference
+from ..tokens import predictor_tokens, view_tokens
 from ..views.encoding import Encoded, ViewConfig
 
 logger = logging.getLogger("llmjepa")
@@ -27,23 +32,10 @@ def is_encoded(dataset: Any) -> bool:
     return dataset is None or (isinstance(dataset, list) and all(isinstance(e, Encoded) for e in dataset))
 
 
-def view_tokens(cfg: ViewConfig) -> list[str]:
-    tokens = [f"<|predictor_{k}|>" for k in range(1, cfg.predictors + 1)]
-    return tokens + (["<|perception|>", "<|eot_id|>"] if cfg.plain else [])
-
-
-def is_fast(executor: Executor) -> bool:
-    from ..execution.fast import run_fast
-
-    return getattr(executor, "func", executor) is run_fast
-
-
 def default_executor(model: nn.Module, pad_token_id: int | None) -> Executor:
     """The fast path where the model already runs our attention, or where CUDA and Triton are present and
     the model is one the fast path supports (its attention is then switched to ours); else the reference."""
-    from ..commands.train import fast_path_available
-    from ..errors import UserError
-    from ..execution.fast import check_fast_supported, run_fast, unwrap
+    from ..execution.fast import check_fast_supported, fast_path_available, run_fast
 
     try:
         from llmjepa_kernels import hf_attention
@@ -65,7 +57,7 @@ def default_executor(model: nn.Module, pad_token_id: int | None) -> Executor:
 
 def library_defaults(
     kwargs: dict[str, Any],
-    loss_config: Any,
+    loss_config: Any,  # training.trainer.LossConfig (JepaTrainer makes the default one)
     view_config: ViewConfig | None,
     peft_config: Any,
     executor: Executor | None,
@@ -74,9 +66,7 @@ def library_defaults(
     from ..model import add_missing_tokens
     from ..views.collate import ViewCollator
     from ..views.examples import examples_from_records
-    from .trainer import LossConfig
 
-    loss_config = LossConfig() if loss_config is None else loss_config
     cfg = ViewConfig(regular=loss_config.regular) if view_config is None else view_config
     if cfg.regular != loss_config.regular:
         raise ValueError(f"view_config.regular={cfg.regular} but loss_config.regular={loss_config.regular}")
@@ -88,7 +78,7 @@ def library_defaults(
                 "JepaTrainer needs model= and processing_class= (the tokenizer): they tokenize the datasets, "
                 "hold the predictor tokens and give the pad id"
             )
-        add_missing_tokens(tokenizer, model, view_tokens(cfg))
+        add_missing_tokens(tokenizer, model, view_tokens(cfg.predictors, cfg.plain))
     if executor is None:
         executor = default_executor(model, tokenizer.pad_token_id)
     if peft_config is not None:
@@ -105,17 +95,15 @@ def library_defaults(
             logger.warning("llmjepa: %s", line)
         kwargs[name] = encoded
     if kwargs.get("data_collator") is None:
-        predictor_ids = tokenizer.convert_tokens_to_ids(view_tokens(cfg)[: cfg.predictors])
+        predictor_ids = tokenizer.convert_tokens_to_ids(predictor_tokens(cfg.predictors))
         kwargs["data_collator"] = ViewCollator(
             cfg,
             predictor_ids,
             loss_config.jepa_ratio,
             loss_config.seed,
-            pack=is_fast(executor),
+            pack=executor_packs(executor),
             keep_rows=loss_config.debug > 0,  # only --debug's printing reads the rows of a packed plan
         )
-    from ..views.encoding import readout_for
-
     # --jepa_layer and --entropy_filter read their pairs through a wrapper; wrapped after the collator,
     # which asks whether the bare executor is the fast one
     return kwargs, loss_config, readout_for(executor, cfg)

@@ -9,9 +9,7 @@ already its share of the step's loss: the Trainer must not divide by grad_accum 
 rank's share is multiplied by the world size.
 """
 
-import json
 import math
-import random
 import resource
 import time
 from dataclasses import dataclass, field
@@ -20,12 +18,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
+from ..distributed import all_reduce_sums, world_size
 from ..errors import NonFiniteLoss
 from ..execution.losses import jepa_pair_losses
-from ..execution.reference import Executed, Executor
+from ..execution.protocol import Executed, Executor
 from ..views.plan import ViewPlan
+from .callbacks import StepRecorder
 
 FUSED_KINDS = ("cosine", "l2", "mse")  # infonce compares every pair with every other: PyTorch
 
@@ -77,19 +77,6 @@ def sum_dtype(device: torch.device) -> torch.dtype:
     """float64 for the step's loss sums, as the Python floats they replace; float32 where a device has
     no float64 (MPS)."""
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over ranks (identity on one process)."""
-    if world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 def peak_memory_mib() -> float:
@@ -172,6 +159,7 @@ class JepaTrainer(Trainer):
         each made when not given, and datasets of {"messages": [...]} rows tokenized (defaults.py)."""
         from .factory import library_defaults, trainer_keywords
 
+        loss_config = LossConfig() if loss_config is None else loss_config
         kwargs, loss_config, executor = library_defaults(
             trainer_keywords(args, kwargs), loss_config, view_config, peft_config, executor
         )
@@ -369,26 +357,3 @@ class JepaTrainer(Trainer):
         from .debug import print_microbatch  # only needed with --debug
 
         print_microbatch(self.microbatches_seen - 1, plan, ce_sum, loss, cos, self.processing_class)
-
-
-def jepa_ratio_keeps_views(example_ids: list[int], ratio: float, seed: int) -> bool:
-    """Whether a microbatch runs its views under --jepa_ratio (deterministic per batch content,
-    so resumed runs, reference and fast paths all draw the same)."""
-    if ratio <= 0:
-        return True
-    return random.Random(f"{seed}:{','.join(map(str, example_ids))}").random() < ratio
-
-
-class StepRecorder(TrainerCallback):
-    """Writes one JSON line per optimizer step to output_dir/metrics.jsonl (rank 0)."""
-
-    def __init__(self, trainer: JepaTrainer, path: Path | None) -> None:
-        self.trainer = trainer
-        self.path = path
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.path is None or not self.trainer.is_world_process_zero() or not self.trainer.history:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(self.trainer.history[-1]) + "\n")

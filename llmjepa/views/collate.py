@@ -1,16 +1,26 @@
-"""The Trainer's data collator: a list of Encoded examples -> {"plan": ViewPlan or fast.PackedPlan}."""
+"""The Trainer's data collator: a list of Encoded examples -> {"plan": ViewPlan or layout.PackedPlan}."""
 
-from ..execution.fast import AttentionShape, PackedPlan, host_layout
-from ..training.trainer import jepa_ratio_keeps_views
-from .encoding import Encoded, ViewConfig, build_plan
+import random
+
+from .builders import build_plan
+from .encoding import Encoded, ViewConfig
+from .layout import AttentionShape, PackedPlan, host_layout
 from .pack import pack_plan
 from .plan import ViewPlan
+
+
+def jepa_ratio_keeps_views(example_ids: list[int], ratio: float, seed: int) -> bool:
+    """Whether a microbatch runs its views under --jepa_ratio (deterministic per batch content,
+    so resumed runs, reference and fast paths all draw the same)."""
+    if ratio <= 0:
+        return True
+    return random.Random(f"{seed}:{','.join(map(str, example_ids))}").random() < ratio
 
 
 class ViewCollator:
     """pack=True (the fast path) also packs the plan into its stream here, and builds the stream's
     attention layout: the ranges validated and, with `attention` (head_dim and dtype, and which backend:
-    `fast.collator_attention_shape`), the tile lists the Triton kernels or FlexAttention read. So
+    `execution.fast.collator_attention_shape`), the tile lists the Triton kernels or FlexAttention read. So
     data-loader workers, not the training step, pay for it, and the step reads no device value for it.
     Without `attention` the layout holds the ranges only (what the PyTorch form of the attention reads).
 

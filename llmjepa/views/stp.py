@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import base_model
 from ..errors import UserError
 
 STP_MODES = ("random_span", "e2e", "mean", "curvature")
@@ -379,12 +380,6 @@ class LinearPredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.M(x.to(self.M.weight.dtype)).float()
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    """The transformers model under DDP and PEFT wrappers."""
-    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def linear_predictor_of(model: nn.Module) -> LinearPredictor:
