@@ -87,7 +87,7 @@ def test_the_whole_plan_where_rows_are_read(tokenizer_and_batch) -> None:
 
 def test_an_stp_plan_keeps_its_rows(tokenizer_and_batch) -> None:
     """STP places its terms by the rows' lengths (stp.hidden_rows): its plan ships whole."""
-    from llmjepa.views.stp import stp_config
+    from llmjepa.commands.stp_flags import stp_config
 
     tokenizer, _, _ = tokenizer_and_batch
     args = parse_args(["--linear", "e2e", "--lbd", "0.5", "--output_dir", "/tmp/unused"])

@@ -23,19 +23,12 @@ from llmjepa.commands.train import main, parse_args
 from llmjepa.default_model import DEFAULT_MODEL_NAME, build_default_model, sample_data_path
 from llmjepa.execution.fast import run_fast
 from llmjepa.execution.reference import run_reference
+from llmjepa.execution.stp import LinearPredictor, attach_linear_predictor, lbd_at, stp_loss_sum
 from llmjepa.model import load_tokenizer
 from llmjepa.views.builders import build_plan
 from llmjepa.views.encoding import EncodeReport, ViewConfig, encode
 from llmjepa.views.examples import load_examples
-from llmjepa.views.stp import (
-    LinearPredictor,
-    StpConfig,
-    attach_linear_predictor,
-    draw_span,
-    lbd_at,
-    stp_loss_sum,
-    stp_plan,
-)
+from llmjepa.views.stp import StpConfig, draw_span, stp_plan
 
 REL = 1e-5
 BATCH = 4

@@ -19,6 +19,7 @@ from ..errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
 from ..execution.fast import check_fast_supported, collator_attention_shape, run_fast
 from ..execution.readout import readout_for
 from ..execution.reference import Executor, run_reference
+from ..execution.stp import check_layer, prepare_model
 from ..model import ModelSpec, load_model, load_tokenizer
 from ..tokens import predictor_tokens
 from ..training.callbacks import StopOnSignal, add_profiled_flops
@@ -26,8 +27,8 @@ from ..training.trainer import JepaTrainer, LossConfig
 from ..views.collate import ViewCollator
 from ..views.encoding import Encoded, ViewConfig, encode_all
 from ..views.examples import load_examples, split_examples
-from ..views.stp import check_layer, prepare_model, stp_config
 from .plots import plot_curves
+from .stp_flags import stp_config
 
 
 def view_config(args: argparse.Namespace) -> ViewConfig:

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--eval_accuracy", action="store_true", help="generation accuracy at each evaluation")
     ours.add_argument("--eval_accuracy_samples", type=int, default=32, help="eval examples it generates for")
     ours.add_argument("--eval_accuracy_max_new_tokens", type=int, default=128)
-    from ..views.stp import add_stp_arguments
+    from .stp_flags import add_stp_arguments
 
     add_stp_arguments(p)  # group "STP (upstream stp.py)": --linear and its flags (llmjepa/stp.py)
     from .hf_args import add_training_arguments
@@ -218,7 +218,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     args.step_separator = unescape(args.step_separator)
     if not args.step_separator:
         raise UserError("--step_separator must not be empty")
-    from ..views.stp import check_stp_args
+    from .stp_flags import check_stp_args
 
     check_stp_args(args)
     if args.regular and args.jepa_layer != -1:

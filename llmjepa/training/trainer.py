@@ -194,7 +194,7 @@ class JepaTrainer(Trainer):
         """(loss, ce_sum, jepa_sum, per-pair cosines or None, tokens run) of one plan, normalized by the
         step totals."""
         if plan.stp is not None:  # --linear (STP): the JEPA term reads view 1's hidden rows (llmjepa/stp.py)
-            from ..views.stp import stp_plan_losses
+            from ..execution.stp import stp_plan_losses
 
             return stp_plan_losses(self, model, plan, label_tokens, pairs)
         cfg = self.loss_config
