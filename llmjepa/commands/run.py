@@ -345,7 +345,7 @@ def build_run(args: argparse.Namespace) -> Run:
         metrics_path=metrics_path,
         track_flops=args.track_flop,
     )
-    if args.track_flop:  # upstream's profiler count too, over the first steps (llmjepa/profiled_flops.py)
+    if args.track_flop:  # upstream's profiler count too, over the first steps (training/callbacks.py)
         add_profiled_flops(trainer)
     if args.eval_accuracy:  # llmjepa-eval's accuracy at each evaluation, logged through trainer.log
         from ..evaluation.callback import add_accuracy_callback

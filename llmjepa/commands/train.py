@@ -16,6 +16,7 @@ import time
 
 from ..distributed import initialized, launched_world_size
 from ..errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
+from ..execution.fast import fast_path_available  # --impl's default (here since 0.1)
 from ..tokens import MAX_PREDICTORS
 from ..views.encoding import ENTROPY_NEEDS_STEPS, ENTROPY_NUMBERS, ISOLATED_NEEDS_STEPS
 
@@ -192,8 +193,6 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.lbd is None:
         args.lbd = 0.1
     if args.impl is None:
-        from ..execution.fast import fast_path_available
-
         args.impl = "fast" if fast_path_available() else "reference"
     args.attention_backend = attention_backend_choice(args)
     if sum([args.jepa_l2, args.jepa_mse, args.infonce]) > 1:

@@ -156,7 +156,7 @@ class JepaTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         """Trainer's arguments, and: executor, loss_config, view_config (views.ViewConfig), peft_config;
-        each made when not given, and datasets of {"messages": [...]} rows tokenized (defaults.py)."""
+        each made when not given, and datasets of {"messages": [...]} rows tokenized (factory.py)."""
         from .factory import library_defaults, trainer_keywords
 
         loss_config = LossConfig() if loss_config is None else loss_config

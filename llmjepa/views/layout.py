@@ -69,7 +69,7 @@ class PackedPlan:
     @classmethod
     def of(cls, plan: ViewPlan, packed: StreamWithLayout) -> "PackedPlan":
         """The counts as the plan computes them (a subclass's own n_pairs included), and the fields a
-        ViewPlan subclass adds (views.EntropyPlan's `entropy`, which views.ViewReadout reads)."""
+        ViewPlan subclass adds (builders.EntropyPlan's `entropy`, which execution.readout.ViewReadout reads)."""
         extras = {f.name: getattr(plan, f.name) for f in fields(plan) if f.name not in cls.ROWS_FIELDS}
         return cls(packed, plan.label_tokens, plan.n_pairs, plan.n_tokens, plan.n_rows, plan.n_examples, extras)
 

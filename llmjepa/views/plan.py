@@ -46,7 +46,7 @@ class ViewPlan:
     rows: list[ViewRow]
     pairs: list[tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=list)
     n_examples: int = 0
-    packed: Any = None  # the fast path's fast.PackedStream, when the collator packed it (in loader workers)
+    packed: Any = None  # the fast path's layout.StreamWithLayout, when the collator packed it (in loader workers)
     stp: Any = None  # --linear (STP): stp.StpPlan, the terms read from view 1's hidden rows (no pairs)
 
     @property
