@@ -11,6 +11,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ..errors import UserError
+from ..tokens import EOT
 from ..views.encoding import ViewConfig, render, template_options, tokenize, view1_messages
 
 CHOICES = ("A", "B", "C", "D")
@@ -74,8 +75,8 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module | 
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
-    if "<|eot_id|>" in tokenizer.get_vocab():
-        ids.add(tokenizer.convert_tokens_to_ids("<|eot_id|>"))
+    if EOT in tokenizer.get_vocab():
+        ids.add(tokenizer.convert_tokens_to_ids(EOT))
     return sorted(i for i in ids if i is not None)
 
 
