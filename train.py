@@ -3,7 +3,7 @@
 import sys
 
 try:
-    from llmjepa.cli import main
+    from llmjepa.commands.train import main
 except ModuleNotFoundError as e:
     if e.name not in ("llmjepa", "llmjepa_kernels") and not (e.name or "").startswith(("torch", "transformers")):
         raise

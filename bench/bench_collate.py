@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from llmjepa.cli import parse_args  # noqa: E402
-from llmjepa.collate import ViewCollator  # noqa: E402
-from llmjepa.fast import AttentionShape  # noqa: E402
+from llmjepa.commands.run import encode_split, load_data, view_config  # noqa: E402
+from llmjepa.commands.train import parse_args  # noqa: E402
 from llmjepa.model import load_tokenizer  # noqa: E402
-from llmjepa.run import encode_split, load_data, view_config  # noqa: E402
+from llmjepa.views.collate import ViewCollator  # noqa: E402
+from llmjepa.views.layout import AttentionShape  # noqa: E402
 
 
 def best_us(fn, repeats: int) -> float:

@@ -3,7 +3,7 @@
     python bench/bench_lm_head.py                                  # 4096 tokens, hidden 512, vocab 32000, fp32
     python bench/bench_lm_head.py --tokens 8192 --vocab 128256 --dtype bfloat16   # on a GPU
 
-Ways (llmjepa/lm_head.py, the `method` of lm_head_cross_entropy_sum):
+Ways (llmjepa/execution/lm_head.py, the `method` of lm_head_cross_entropy_sum):
   logits     the whole (tokens x vocab) logits tensor, float32 cross entropy (what the reference path does)
   chunks     the head's logits a chunk of rows at a time, each chunk checkpointed (recomputed in backward)
   linear_ce  torch's F.linear_cross_entropy with chunking on (torch >= 2.13)
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_memory import reset_peak_rss, rss_kib  # noqa: E402
 
-from llmjepa.lm_head import LogitTransform, linear_ce_applies, lm_head_cross_entropy_sum  # noqa: E402
+from llmjepa.execution.lm_head import LogitTransform, linear_ce_applies, lm_head_cross_entropy_sum  # noqa: E402
 
 WAYS = ("logits", "chunks", "linear_ce")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmjepa.cli import parse_args  # noqa: E402
-from llmjepa.run import build_run  # noqa: E402
+from llmjepa.commands.run import build_run  # noqa: E402
+from llmjepa.commands.train import parse_args  # noqa: E402
 
 
 def main() -> None:

@@ -7,16 +7,16 @@ For each executor (--impl reference, fast) and grad_accum (1, 4), on the embedde
 bundled data (float32, dropout 0, lr 1e-3, batch 2, 20 steps): one --regular run, and one --lbd 0 run
 per mode (view-based --predictors 1; multi-step --num_prediction_steps 2 --predictors 1; --additive_mask
 --predictors 1); per grad_accum one plain transformers.Trainer SFT run (it has no executor). The runs come
-from llmjepa/parity.py (run_ours, run_hf), as llmjepa-parity makes them. The HF run goes first, then
+from llmjepa/commands/parity.py (run_ours, run_hf), as llmjepa-parity makes them. The HF run goes first, then
 --regular, then the --lbd 0 runs, each printing its relative differences from the runs before it as its
 steps finish (lockstep); no run stops early, so every comparison covers every step.
 
-Compared per optimizer step: loss and gradient norm (relative difference, llmjepa.parity.rel_diff) and
+Compared per optimizer step: loss and gradient norm (relative difference, llmjepa.commands.parity.rel_diff) and
 the label tokens and microbatches consumed (must be equal). --lbd 0 vs --regular, vs HF SFT, --regular
 vs HF SFT, and fast vs reference for the same mode.
 
 On a CPU the fast executor runs its attention as PyTorch SDPA over the same ranges (its own choice,
-llmjepa.fast.attention_backend: the interpreted attention kernel takes ~30 s a step here) and its pair
+llmjepa.execution.fast.attention_backend: the interpreted attention kernel takes ~30 s a step here) and its pair
 loss through the fused Triton kernel under the interpreter (TRITON_INTERPRET=1 is set unless given;
 TRITON_INTERPRET=0 gives the PyTorch pair loss). parity.md says which ran.
 """
@@ -216,8 +216,8 @@ def device_name() -> str:
 
 def fast_kernels() -> str:
     """What the fast executor's attention and pair loss ran on in this process (its own choices)."""
-    from llmjepa.fast import attention_backend
-    from llmjepa.run import fused_pair_loss
+    from llmjepa.commands.run import fused_pair_loss
+    from llmjepa.execution.fast import attention_backend
     from llmjepa_kernels.block_causal_attention import interpreted
 
     cuda = torch.cuda.is_available()
@@ -237,7 +237,7 @@ def metadata(args: argparse.Namespace, started: datetime.datetime, seconds: floa
         "versions": versions(),
         "fast_executor_kernels": fast_kernels() if "fast" in args.impl else None,
         "model": "llmjepa/tiny-llama (embedded, random init, seed 42)",
-        "data": "llmjepa/data/arith_train.jsonl (bundled)",
+        "data": "llmjepa/assets/arith_train.jsonl (bundled)",
         "flags": " ".join(BASE),
         "steps": args.steps,
         "tolerance": args.tolerance,
@@ -271,7 +271,7 @@ def markdown(meta: dict, runs: list[Run], found: list[Comparison]) -> str:
         f"- every run: `{meta['flags']}`, {meta['steps']} optimizer steps, `--impl` and `--grad_accum` as named; "
         "--regular, or `--lbd 0` and the mode's flags: view-based `--predictors 1`, multi-step "
         "`--num_prediction_steps 2 --predictors 1`, additive-mask `--predictors 1 --additive_mask`; HF Trainer "
-        "SFT: a plain transformers.Trainer on --regular's view-1 ids and labels (llmjepa.parity.run_hf)",
+        "SFT: a plain transformers.Trainer on --regular's view-1 ids and labels (llmjepa.commands.parity.run_hf)",
     ]
     if meta["fast_executor_kernels"]:
         lines.append(f"- `--impl fast` ran its attention and pair loss as: {meta['fast_executor_kernels']}")

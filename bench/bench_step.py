@@ -21,7 +21,7 @@ Methods, all on the same microbatches from the same initial weights:
   still run.
 
 How it measures (the defects of the first version fixed, issue 7):
-- Plans are built and packed by the trainer's collator (llmjepa.collate.ViewCollator) before timing, as
+- Plans are built and packed by the trainer's collator (llmjepa.views.collate.ViewCollator) before timing, as
   data-loader workers do in training; the timed step starts from the collator's output.
 - Gradient checkpointing as llmjepa-train uses it: on with CUDA, off on CPU (--gradient_checkpointing).
 - Warm-up: on CUDA every microbatch that will be timed runs once per method first (so every shape is
@@ -79,16 +79,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import floor  # noqa: E402  (bench/floor.py)
 from bench_memory import reset_peak_rss, rss_kib  # noqa: E402
 
-from llmjepa.collate import ViewCollator  # noqa: E402
-from llmjepa.data import Example, load_examples  # noqa: E402
 from llmjepa.default_model import build_default_model, sample_data_path  # noqa: E402
 from llmjepa.errors import UserError  # noqa: E402
-from llmjepa.execute import Executed, run_reference  # noqa: E402
-from llmjepa.fast import check_fast_supported, run_fast  # noqa: E402
-from llmjepa.losses import jepa_pair_losses  # noqa: E402
+from llmjepa.execution.fast import check_fast_supported, run_fast  # noqa: E402
+from llmjepa.execution.losses import jepa_pair_losses  # noqa: E402
+from llmjepa.execution.reference import Executed, run_reference  # noqa: E402
 from llmjepa.model import load_tokenizer  # noqa: E402
-from llmjepa.plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow  # noqa: E402
-from llmjepa.views import Encoded, ViewConfig, encode_all  # noqa: E402
+from llmjepa.views.collate import ViewCollator  # noqa: E402
+from llmjepa.views.encoding import Encoded, ViewConfig, encode_all  # noqa: E402
+from llmjepa.views.examples import Example, load_examples  # noqa: E402
+from llmjepa.views.plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_GRAD_NORM = 1.0  # the trainer's max_grad_norm
@@ -164,11 +164,11 @@ def unavailable(method: Method, device: torch.device) -> str | None:
     if method.lm_head is not None:
         keyword = lm_head_keyword()
         if keyword is None:
-            return "run_fast takes no LM-head choice (llmjepa/lm_head.py not wired in)"
+            return "run_fast takes no LM-head choice (llmjepa/execution/lm_head.py not wired in)"
         from llmjepa import lm_head
 
         if method.lm_head not in lm_head.LM_HEAD_METHODS:
-            return f"llmjepa.lm_head has no {method.lm_head!r} (it has {', '.join(lm_head.LM_HEAD_METHODS)})"
+            return f"llmjepa.execution.lm_head has no {method.lm_head!r} (it has {', '.join(lm_head.LM_HEAD_METHODS)})"
         if method.lm_head == "linear_ce" and not hasattr(torch.nn.functional, "linear_cross_entropy"):
             return f"torch {torch.__version__} has no F.linear_cross_entropy"
     return None
@@ -363,7 +363,7 @@ def method_plans(
     view_cfg = replace(cfg, regular=not method.jepa, **method.view_changes)
     options = {}
     if method.packed and "attention" in inspect.signature(ViewCollator).parameters:
-        from llmjepa.fast import triton_attention_shape
+        from llmjepa.execution.fast import triton_attention_shape
 
         options["attention"] = triton_attention_shape(model)
     collate = ViewCollator(view_cfg, predictor_ids, pack=method.packed, **options)

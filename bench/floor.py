@@ -273,12 +273,12 @@ def floor_table(
 ) -> tuple[dict, list[str]]:
     """Floor of (a)-(e) for the mode of `argv` (llmjepa-train flags) over the first microbatches of data.
     The fast methods are packed by the trainer's collator, as in training."""
-    from llmjepa.cli import parse_args
-    from llmjepa.collate import ViewCollator
-    from llmjepa.data import load_examples
+    from llmjepa.commands.run import view_config
+    from llmjepa.commands.train import parse_args
     from llmjepa.model import load_tokenizer
-    from llmjepa.run import view_config
-    from llmjepa.views import encode_all
+    from llmjepa.views.collate import ViewCollator
+    from llmjepa.views.encoding import encode_all
+    from llmjepa.views.examples import load_examples
 
     args = parse_args(["--train_file", str(data), *argv])
     tokenizer = load_tokenizer("llmjepa/tiny-llama")

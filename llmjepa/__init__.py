@@ -9,19 +9,28 @@
                           processing_class=tokenizer, loss_config=LossConfig(lbd=0.1))
 
 rows: dicts (or a datasets.Dataset) with a "messages" list, as in the JSONL files.
+
+Layers (docs/architecture.md): views (examples -> encoded views -> plans -> packed streams, the
+collator) -> execution (executors, readout, LM head, losses) -> training (JepaTrainer, its factory and
+callbacks) and evaluation (generation, scorers) -> commands (llmjepa-train, -parity, -eval, -sweep).
 """
 
 __version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
 
-from .collate import ViewCollator
-from .data import Example, examples_from_records, load_examples
+from . import _moved
 from .default_model import DEFAULT_MODEL_NAME, build_default_model, build_default_tokenizer, sample_data_path
-from .execute import Executed, run_reference
-from .fast import run_fast
+from .execution.fast import run_fast
+from .execution.protocol import Executed
+from .execution.reference import run_reference
 from .model import ModelSpec, load_model, load_tokenizer
-from .plan import ViewPlan, ViewRow
-from .trainer import JepaTrainer, LossConfig
-from .views import Encoded, ViewConfig, build_plan, encode_all
+from .training.trainer import JepaTrainer, LossConfig
+from .views.builders import build_plan
+from .views.collate import ViewCollator
+from .views.encoding import Encoded, ViewConfig, encode_all
+from .views.examples import Example, examples_from_records, load_examples
+from .views.plan import ViewPlan, ViewRow
+
+_moved.install()  # llmjepa.cli, llmjepa.fast, ... (0.1's flat modules): the new modules, with a DeprecationWarning
 
 __all__ = [
     "__version__",

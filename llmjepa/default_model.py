@@ -1,6 +1,6 @@
 """The embedded default: a tiny Llama with a Llama-3-style chat tokenizer, no download needed.
 
-`--model_name llmjepa/tiny-llama` selects it. The tokenizer (llmjepa/data/tokenizer.json and
+`--model_name llmjepa/tiny-llama` selects it. The tokenizer (llmjepa/assets/tokenizer.json and
 tokenizer_config.json, made by scripts/make_default_tokenizer.py) is a byte-level BPE trained on
 the bundled arithmetic sample data (scripts/make_sample_data.py). The model has random weights
 drawn from a seed: it exists so that the trainer, its tests and its benchmarks run anywhere,
@@ -24,8 +24,8 @@ EOS_TOKEN_ID = 4  # <|eot_id|>
 
 
 def data_path(name: str) -> Path:
-    """A file in llmjepa/data, from the source tree or an installed (unzipped) package alike."""
-    path = Path(str(resources.files("llmjepa").joinpath("data", name)))
+    """A file in llmjepa/assets, from the source tree or an installed (unzipped) package alike."""
+    path = Path(str(resources.files("llmjepa").joinpath("assets", name)))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: llmjepa's package data is missing (was the package built without it?)")
     return path

@@ -7,10 +7,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .errors import UserError
+from .tokens import EOT, MAX_PREDICTORS, PERCEPTION, predictor_tokens
 
-PREDICTOR_TOKENS = [f"<|predictor_{k}|>" for k in range(1, 11)]
+PREDICTOR_TOKENS = predictor_tokens(MAX_PREDICTORS)
 # Tokens upstream adds when missing (Llama-3 chat markers, predictors, perception).
-EXTRA_TOKENS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", *PREDICTOR_TOKENS, "<|perception|>"]
+EXTRA_TOKENS = ["<|start_header_id|>", "<|end_header_id|>", EOT, *PREDICTOR_TOKENS, PERCEPTION]
 
 
 @dataclass
@@ -96,7 +97,7 @@ def new_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokens llmjepa brings: the predictors and <|perception|> (never pre-trained), and the chat markers
     load_tokenizer added to a checkpoint's tokenizer that lacked them. Their embedding rows start untrained."""
     vocab = tokenizer.get_vocab()
-    names = [*PREDICTOR_TOKENS, "<|perception|>", *getattr(tokenizer, "llmjepa_added_tokens", [])]
+    names = [*PREDICTOR_TOKENS, PERCEPTION, *getattr(tokenizer, "llmjepa_added_tokens", [])]
     return sorted({vocab[name] for name in names if name in vocab})
 
 

@@ -3,7 +3,7 @@
 The BlockMask comes straight from the layout's tile lists (`BlockMask.from_kv_blocks`): partial tiles
 (some pairs visible) run the mask_mod, full tiles (every pair visible) skip it, untouched tiles are
 never visited. The one list it reads, (by_query, FLEX_BLOCK, FLEX_BLOCK), is built on the host by the
-fast path's collator (`llmjepa.fast.kernel_tiles` for the flex backend), so making the mask reads no
+fast path's collator (`llmjepa.execution.fast.kernel_tiles` for the flex backend), so making the mask reads no
 device value; a layout without it builds it at first use (on a GPU, with host syncs). The mask_mod is
 the range test of the three per-token ranges. No T x T tensor exists in the compiled kernels
 (torch.compile'd flex_attention); eager flex_attention is torch's dense reference implementation and

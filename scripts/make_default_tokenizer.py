@@ -1,7 +1,7 @@
 """Train llmjepa's embedded default tokenizer, offline, on the bundled sample data.
 
-Writes llmjepa/data/tokenizer.json (the `tokenizers` model, pre-tokenizer and special tokens)
-and llmjepa/data/tokenizer_config.json (bos/eos and the Llama-3-style chat template).
+Writes llmjepa/assets/tokenizer.json (the `tokenizers` model, pre-tokenizer and special tokens)
+and llmjepa/assets/tokenizer_config.json (bos/eos and the Llama-3-style chat template).
 
 Byte-level BPE, so any text encodes without unknown tokens. The pre-tokenizer is Llama 3's
 split pattern with two changes. Newlines are pieces of their own: "\\n\\n" (the step separator)
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "llmjepa" / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "llmjepa" / "assets"
 CORPUS_FILE = DATA_DIR / "arith_train.jsonl"
 TOKENIZER_FILE = DATA_DIR / "tokenizer.json"
 CONFIG_FILE = DATA_DIR / "tokenizer_config.json"

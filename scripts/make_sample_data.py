@@ -1,6 +1,6 @@
 """Generate llmjepa's bundled sample data: multi-step arithmetic word problems.
 
-Writes llmjepa/data/arith_train.jsonl and llmjepa/data/arith_eval.jsonl in the upstream
+Writes llmjepa/assets/arith_train.jsonl and llmjepa/assets/arith_eval.jsonl in the upstream
 "messages" format. The assistant answer has 2 to 5 steps separated by a blank line ("\\n\\n",
 the step separator Step-JEPA splits on); each step is one sentence with one equation, and the
 last step ends with "The answer is N.". Every equation is re-evaluated before it is written,
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "llmjepa" / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "llmjepa" / "assets"
 TRAIN_FILE = DATA_DIR / "arith_train.jsonl"
 EVAL_FILE = DATA_DIR / "arith_eval.jsonl"
 N_TRAIN = 512

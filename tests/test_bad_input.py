@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmjepa.cli import main
+from llmjepa.commands.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = {"role": "system", "content": "Add the numbers."}
@@ -270,13 +270,13 @@ BAD_VALUES = {
 @pytest.fixture
 def nothing_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if the run gets as far as reading data or loading a model."""
-    import llmjepa.run
+    import llmjepa.commands.run
 
     def loaded(*_: object, **__: object) -> None:
         raise AssertionError("data or model loaded before the flags were checked")
 
     for name in ("load_data", "load_tokenizer", "load_model_from_args"):
-        monkeypatch.setattr(llmjepa.run, name, loaded)
+        monkeypatch.setattr(llmjepa.commands.run, name, loaded)
 
 
 @pytest.mark.parametrize("case", BAD_VALUES)
@@ -313,8 +313,8 @@ def test_paths_of_the_wrong_kind(tmp_path: Path, capsys: pytest.CaptureFixture, 
 
 
 def test_directory_as_data_file_in_the_library(tmp_path: Path) -> None:
-    from llmjepa.data import load_examples
     from llmjepa.errors import UserError
+    from llmjepa.views.examples import load_examples
 
     with pytest.raises(UserError, match="is a directory; expected a JSONL file"):
         load_examples(tmp_path)
@@ -335,9 +335,9 @@ def test_model_name_dir_without_a_model(tmp_path: Path, capsys: pytest.CaptureFi
 # ---- non-finite training stops ---------------------------------------------------------------
 def poison_from_microbatch(monkeypatch: pytest.MonkeyPatch, first: int, quantity: str) -> None:
     """Make the executor's output non-finite from the `first`-th microbatch on (1-based)."""
-    import llmjepa.run
+    import llmjepa.commands.run
 
-    build = llmjepa.run.executor_for
+    build = llmjepa.commands.run.executor_for
 
     def poisoned_executor_for(args: object, pad_token_id: int) -> object:
         executor, calls = build(args, pad_token_id), [0]
@@ -354,7 +354,7 @@ def poison_from_microbatch(monkeypatch: pytest.MonkeyPatch, first: int, quantity
 
         return run
 
-    monkeypatch.setattr(llmjepa.run, "executor_for", poisoned_executor_for)
+    monkeypatch.setattr(llmjepa.commands.run, "executor_for", poisoned_executor_for)
 
 
 @pytest.mark.parametrize("quantity", ["ce_sum", "hidden"])

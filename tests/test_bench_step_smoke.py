@@ -125,7 +125,7 @@ def test_a_failing_method_is_recorded_and_the_others_run(tmp_path: Path, monkeyp
 def test_concatenated_examples_have_the_asked_length() -> None:
     bench = load_bench()
     from llmjepa.model import load_tokenizer
-    from llmjepa.views import ViewConfig
+    from llmjepa.views.encoding import ViewConfig
 
     tokenizer = load_tokenizer("llmjepa/tiny-llama")
     cfg = ViewConfig(num_prediction_steps=2, predictors=1, step_separator="\n", max_length=300)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmjepa.cli import main
+from llmjepa.commands.train import main
 from llmjepa.default_model import sample_data_path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,22 +19,24 @@ import pytest
 import torch
 import torch.multiprocessing  # noqa: F401  (registers tensor reductions with ForkingPickler)
 
-from llmjepa.cli import parse_args
-from llmjepa.collate import ViewCollator
+from llmjepa.commands.run import build_run
+from llmjepa.commands.train import parse_args
 from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
-from llmjepa.fast import AttentionShape, PackedPlan, StreamWithLayout, kernel_tiles, run_fast
+from llmjepa.execution.fast import run_fast
 from llmjepa.model import ModelSpec, load_model, load_tokenizer
-from llmjepa.pack import pack_plan
-from llmjepa.plan import ViewPlan
-from llmjepa.run import build_run
-from llmjepa.views import ViewConfig, build_plan, encode_all
+from llmjepa.views.builders import build_plan
+from llmjepa.views.collate import ViewCollator
+from llmjepa.views.encoding import ViewConfig, encode_all
+from llmjepa.views.layout import AttentionShape, PackedPlan, StreamWithLayout, kernel_tiles
+from llmjepa.views.pack import pack_plan
+from llmjepa.views.plan import ViewPlan
 
 N2_LOCALIZED = ViewConfig(predictors=1, num_prediction_steps=2)
 
 
 @pytest.fixture(scope="module")
 def tokenizer_and_batch():
-    from llmjepa.data import load_examples
+    from llmjepa.views.examples import load_examples
 
     tokenizer = load_tokenizer(DEFAULT_MODEL_NAME)
     encoded, _ = encode_all(load_examples(str(sample_data_path("train")))[:4], tokenizer, N2_LOCALIZED)
@@ -85,12 +87,12 @@ def test_the_whole_plan_where_rows_are_read(tokenizer_and_batch) -> None:
 
 def test_an_stp_plan_keeps_its_rows(tokenizer_and_batch) -> None:
     """STP places its terms by the rows' lengths (stp.hidden_rows): its plan ships whole."""
-    from llmjepa.stp import stp_config
+    from llmjepa.commands.stp_flags import stp_config
 
     tokenizer, _, _ = tokenizer_and_batch
     args = parse_args(["--linear", "e2e", "--lbd", "0.5", "--output_dir", "/tmp/unused"])
     cfg = ViewConfig(stp=stp_config(args))
-    from llmjepa.data import load_examples
+    from llmjepa.views.examples import load_examples
 
     encoded, _ = encode_all(load_examples(str(sample_data_path("train")))[:2], tokenizer, cfg)
     shipped = ViewCollator(cfg, [], pack=True, keep_rows=False)(encoded)["plan"]

@@ -95,8 +95,8 @@ def test_fused_pair_loss_against_float64() -> None:
 
 
 def history(tmp: Path, impl: str, dtype: str, flags: list[str]) -> list[dict]:
-    from llmjepa.cli import parse_args
-    from llmjepa.run import train
+    from llmjepa.commands.run import train
+    from llmjepa.commands.train import parse_args
 
     argv = [
         *["--batch_size", "2", "--grad_accum", "2", "--learning_rate", "1e-3", "--dropout", "0"],

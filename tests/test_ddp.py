@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from llmjepa.cli import main
+from llmjepa.commands.train import main
 from llmjepa.default_model import sample_data_path
 
 ROOT = Path(__file__).resolve().parent.parent

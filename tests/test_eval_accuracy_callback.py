@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from llmjepa.cli import parse_args
+from llmjepa.commands.run import build_run
+from llmjepa.commands.train import parse_args
 from llmjepa.default_model import sample_data_path
 from llmjepa.errors import UserError
-from llmjepa.eval_callback import GenerationAccuracyCallback, generating
-from llmjepa.generation import GenerationSettings, HFGenerator
-from llmjepa.run import build_run
+from llmjepa.evaluation.callback import GenerationAccuracyCallback, generating
+from llmjepa.evaluation.generation import GenerationSettings, HFGenerator
 
 
 def eval_file(tmp_path: Path, n: int) -> Path:

@@ -10,7 +10,7 @@ import pytest
 
 from llmjepa import evaluate
 from llmjepa.default_model import sample_data_path
-from llmjepa.generation import HFGenerator
+from llmjepa.evaluation.generation import HFGenerator
 
 TINY = "llmjepa/tiny-llama"
 
@@ -150,7 +150,7 @@ def test_two_ranks_equal_one(tmp_path: Path) -> None:
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
-        cmd = [sys.executable, "-m", "llmjepa.evaluate", *eval_argv(two)]
+        cmd = [sys.executable, "-m", "llmjepa.commands.evaluate", *eval_argv(two)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs

@@ -5,12 +5,10 @@ import argparse
 import pytest
 import torch
 
-from llmjepa.checkpoints import load_eval_model
-from llmjepa.data import load_examples
+from llmjepa.commands.evaluate import build_parser, check_args, similarity_cosines
 from llmjepa.default_model import sample_data_path
 from llmjepa.errors import UserError
-from llmjepa.evaluate import build_parser, check_args, similarity_cosines
-from llmjepa.generation import (
+from llmjepa.evaluation.generation import (
     CHOICES,
     ChoiceGenerator,
     GenerationSettings,
@@ -19,7 +17,9 @@ from llmjepa.generation import (
     prompt_ids,
     single_message_ids,
 )
-from llmjepa.views import EncodeReport, ViewConfig, encode
+from llmjepa.evaluation.loading import load_eval_model
+from llmjepa.views.encoding import EncodeReport, ViewConfig, encode
+from llmjepa.views.examples import load_examples
 
 TINY = "llmjepa/tiny-llama"
 
@@ -96,7 +96,7 @@ def test_flags_are_checked() -> None:
     with pytest.raises(UserError, match="--top_p and --top_k"):
         parse("--model_name", TINY, "--top_k", "5")
     args = parse("--model_name", TINY, "--temperature", "0.5", "--top_k", "5")
-    from llmjepa.evaluate import settings_from
+    from llmjepa.commands.evaluate import settings_from
 
     assert settings_from(args).do_sample and settings_from(args).temperature == 0.5
     with pytest.raises(UserError, match="one of them"):
@@ -158,8 +158,8 @@ def test_lora_adapter_is_merged_into_its_base(tmp_path, tiny: tuple, examples: l
 
 def test_backend_choice() -> None:
     """vLLM only where usable (installed, CUDA, a checkpoint folder, no beams) and in one process."""
-    from llmjepa.evaluate import uses_vllm
-    from llmjepa.generation import vllm_usable
+    from llmjepa.commands.evaluate import uses_vllm
+    from llmjepa.evaluation.generation import vllm_usable
 
     settings = GenerationSettings()
     args = parse("--model_name", TINY)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from llmjepa.errors import UserError
-from llmjepa.scorers import (
+from llmjepa.evaluation.scorers import (
     ScoreConfig,
     clean_prediction,
     gsm8k_answer,
@@ -222,7 +222,7 @@ SPIDER_TEST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "spi
 def test_every_upstream_spider_example_names_its_database() -> None:
     import json
 
-    from llmjepa.scorers import spider_db_id
+    from llmjepa.evaluation.scorers import spider_db_id
 
     ids = [spider_db_id(json.loads(line)["messages"][1]["content"]) for line in SPIDER_TEST.read_text().splitlines()]
     assert len(ids) == 1447 and all(ids) and all("]" not in i for i in ids)

@@ -17,12 +17,13 @@ import torch
 import torch.multiprocessing  # noqa: F401  (registers tensor reductions with ForkingPickler)
 
 from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
-from llmjepa.execute import run_reference
-from llmjepa.fast import run_fast
+from llmjepa.execution.fast import run_fast
+from llmjepa.execution.reference import run_reference
 from llmjepa.model import ModelSpec, load_model, load_tokenizer
-from llmjepa.pack import pack_plan, pack_plan_indexed
-from llmjepa.plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow, causal_row, visibility
-from llmjepa.views import ViewConfig, build_plan, common_causal_prefix, encode_all
+from llmjepa.views.builders import build_plan, common_causal_prefix
+from llmjepa.views.encoding import ViewConfig, encode_all
+from llmjepa.views.pack import pack_plan, pack_plan_indexed
+from llmjepa.views.plan import IGNORE_INDEX, NO_SHARED, ViewPlan, ViewRow, causal_row, visibility
 
 SEED = int(os.environ.get("LLMJEPA_TEST_SEED", random.randrange(2**31)))
 N_RANDOM_PLANS = 60
@@ -208,7 +209,7 @@ MODES = {
 
 @pytest.fixture(scope="module")
 def models_and_data():
-    from llmjepa.data import load_examples
+    from llmjepa.views.examples import load_examples
     from llmjepa_kernels import hf_attention
 
     hf_attention.register()

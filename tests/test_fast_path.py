@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from llmjepa import parity
-from llmjepa.cli import main, parse_args
-from llmjepa.run import train
+from llmjepa.commands.run import train
+from llmjepa.commands.train import main, parse_args
 
 STEPS = 20
 TOLERANCE = 1e-4  # fast vs reference: other summation orders over 20 steps of lr 1e-3

@@ -193,10 +193,11 @@ def test_cuda_forward_and_backward(dtype: torch.dtype) -> None:
 
 # ---- a whole model ---------------------------------------------------------------------------------------
 def plan_and_models(mode: dict, dtype: str):
-    from llmjepa.data import load_examples
     from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
     from llmjepa.model import ModelSpec, load_model, load_tokenizer
-    from llmjepa.views import ViewConfig, build_plan, encode_all
+    from llmjepa.views.builders import build_plan
+    from llmjepa.views.encoding import ViewConfig, encode_all
+    from llmjepa.views.examples import load_examples
     from llmjepa_kernels import hf_attention
 
     hf_attention.register()
@@ -223,8 +224,8 @@ MODES = {
 @pytest.mark.parametrize("mode", list(MODES))
 def test_run_fast_with_flex_equals_reference_in_float64(mode: str, cpu_flex_backward) -> None:
     """Losses, embeddings and every parameter gradient, through eager flex (the dense reference)."""
-    from llmjepa.execute import run_reference
-    from llmjepa.fast import run_fast
+    from llmjepa.execution.fast import run_fast
+    from llmjepa.execution.reference import run_reference
 
     plan, reference, fast, pad = plan_and_models(MODES[mode], "float64")
     grads = {}
@@ -247,8 +248,8 @@ def test_run_fast_with_flex_equals_reference_in_float64(mode: str, cpu_flex_back
 
 def test_run_fast_with_compiled_flex_forward() -> None:
     """The compiled kernel in a whole model (forward, float32, CPU)."""
-    from llmjepa.execute import run_reference
-    from llmjepa.fast import run_fast
+    from llmjepa.execution.fast import run_fast
+    from llmjepa.execution.reference import run_reference
 
     plan, reference, fast, pad = plan_and_models(MODES["N=2 localized"], "float32")
     with torch.no_grad():
@@ -262,8 +263,8 @@ def test_run_fast_with_compiled_flex_forward() -> None:
 @pytest.mark.skipif(not CUDA, reason="FlexAttention has no backward on the CPU (torch 2.13): training needs CUDA")
 def test_training_with_flex_equals_reference(tmp_path) -> None:
     from llmjepa import parity
-    from llmjepa.cli import parse_args
-    from llmjepa.run import train
+    from llmjepa.commands.run import train
+    from llmjepa.commands.train import parse_args
 
     base = ["--batch_size", "2", "--grad_accum", "2", "--learning_rate", "1e-3", "--dropout", "0", "--dtype", "float32"]
     jepa = ["--lbd", "0.5", "--predictors", "1", "--num_prediction_steps", "2", "--max_train_steps", "5"]
@@ -276,7 +277,7 @@ def test_training_with_flex_equals_reference(tmp_path) -> None:
 
 
 def test_flag_refuses_flex_training_on_the_cpu(capsys: pytest.CaptureFixture) -> None:
-    from llmjepa.cli import main, parse_args
+    from llmjepa.commands.train import main, parse_args
 
     if CUDA:
         assert parse_args(["--impl", "fast", "--attention_backend", "flex"]).attention_backend == "flex"

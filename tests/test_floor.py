@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmjepa.pack import pack_plan
-from llmjepa.plan import IGNORE_INDEX, ViewPlan, ViewRow, causal_row
+from llmjepa.views.pack import pack_plan
+from llmjepa.views.plan import IGNORE_INDEX, ViewPlan, ViewRow, causal_row
 
 FLOOR = Path(__file__).resolve().parents[1] / "bench" / "floor.py"
 

@@ -24,17 +24,19 @@ import torch
 import upstream_batches as up
 
 from llmjepa import parity
-from llmjepa.cli import parse_args
-from llmjepa.data import load_examples
+from llmjepa.commands.run import train, training_arguments
+from llmjepa.commands.train import parse_args
 from llmjepa.default_model import sample_data_path
 from llmjepa.errors import UserError
-from llmjepa.execute import run_reference
-from llmjepa.fast import run_fast
-from llmjepa.losses import jepa_pair_losses
+from llmjepa.execution.fast import run_fast
+from llmjepa.execution.losses import jepa_pair_losses
+from llmjepa.execution.readout import ViewReadout
+from llmjepa.execution.reference import run_reference
 from llmjepa.model import load_tokenizer
-from llmjepa.plan import IGNORE_INDEX
-from llmjepa.run import train, training_arguments
-from llmjepa.views import EncodeReport, ViewConfig, ViewReadout, build_plan, encode
+from llmjepa.views.builders import build_plan
+from llmjepa.views.encoding import EncodeReport, ViewConfig, encode
+from llmjepa.views.examples import load_examples
+from llmjepa.views.plan import IGNORE_INDEX
 
 REL = 1e-5
 SEED = 0
@@ -433,8 +435,8 @@ def test_entropy_filter_adds_no_host_device_sync(tmp_path: Path, monkeypatch: py
 
     import test_sync_free as sf
 
-    from llmjepa.run import build_run, view_config
-    from llmjepa.views import readout_for
+    from llmjepa.commands.run import build_run, view_config
+    from llmjepa.execution.readout import readout_for
 
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("counts the CUDA path on the CPU: needs TRITON_INTERPRET=1")

@@ -17,15 +17,16 @@ import pytest
 import torch
 from test_fast_path import STEPS, TOLERANCE, assert_same_steps, history
 
-from llmjepa.cli import main
-from llmjepa.data import load_examples
+from llmjepa.commands.train import main
 from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
-from llmjepa.execute import run_reference
-from llmjepa.fast import run_fast
+from llmjepa.execution.fast import run_fast
+from llmjepa.execution.reference import run_reference
 from llmjepa.model import ModelSpec, load_model, load_tokenizer
-from llmjepa.pack import pack_plan
-from llmjepa.plan import IGNORE_INDEX, check_row
-from llmjepa.views import ViewConfig, build_plan, encode_all
+from llmjepa.views.builders import build_plan
+from llmjepa.views.encoding import ViewConfig, encode_all
+from llmjepa.views.examples import load_examples
+from llmjepa.views.pack import pack_plan
+from llmjepa.views.plan import IGNORE_INDEX, check_row
 
 SEED = int(os.environ.get("LLMJEPA_TEST_SEED", random.randrange(2**31)))
 

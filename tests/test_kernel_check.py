@@ -1,4 +1,4 @@
-"""The kernel self-check (llmjepa/kernel_check.py) on the CPU, with wrong kernels injected.
+"""The kernel self-check (llmjepa/execution/kernel_check.py) on the CPU, with wrong kernels injected.
 
 The Triton kernel runs here under the interpreter (fp32 and fp16; bf16 is not checkable there); a
 wrong forward (output off by 2%), a wrong backward (dK off by 5%, forward right), a NaN and a kernel that
@@ -15,8 +15,14 @@ import time
 import pytest
 import torch
 
-from llmjepa import kernel_check
-from llmjepa.kernel_check import EXIT_KERNEL_CHECK, KernelCheckFailed, cached_check, check_attention, checked_backend
+from llmjepa.execution import kernel_check
+from llmjepa.execution.kernel_check import (
+    EXIT_KERNEL_CHECK,
+    KernelCheckFailed,
+    cached_check,
+    check_attention,
+    checked_backend,
+)
 from llmjepa_kernels import hf_attention
 
 pytestmark = pytest.mark.interpreter
@@ -200,7 +206,7 @@ def test_a_cached_verdict_is_not_recomputed(monkeypatch, tmp_path, checks_cpu) -
 
 
 def test_llmjepa_train_strict_exits_4(monkeypatch, tmp_path, capsys, checks_cpu) -> None:
-    from llmjepa.cli import main
+    from llmjepa.commands.train import main
 
     monkeypatch.setattr(hf_attention, "block_causal_attention", wrong_forward)
     argv = ["--impl", "fast", "--attention_backend", "triton", "--kernel_check", "strict", "--dtype", "float32"]

@@ -212,7 +212,7 @@ def test_non_finite_loss_stops_the_library_run(tmp_path: Path) -> None:
 def test_views_that_read_through_a_wrapper_get_it(tmp_path: Path, view_config: ViewConfig) -> None:
     """--jepa_layer and --entropy_filter pairs are read by views.ViewReadout; the library path must wrap its
     default executor as llmjepa-train does, else the pairs would silently read the last layer (or the probes)."""
-    from llmjepa.views import ViewReadout
+    from llmjepa.execution.readout import ViewReadout
 
     tokenizer = build_default_tokenizer()
     trainer = JepaTrainer(

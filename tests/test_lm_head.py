@@ -1,4 +1,4 @@
-"""The fast path's LM-head loss (llmjepa/lm_head.py) against the plain logits computation in float64.
+"""The fast path's LM-head loss (llmjepa/execution/lm_head.py) against the plain logits computation in float64.
 
 Each way (torch's chunked F.linear_cross_entropy, checkpointed chunks, plain logits) with each head
 transform (Cohere's multiplier, Granite's divisor, Gemma 2's softcapping, a bias); the transforms
@@ -31,7 +31,7 @@ from transformers import (
 
 from llmjepa import lm_head, parity
 from llmjepa.errors import UserError
-from llmjepa.lm_head import LogitTransform, head_transform, lm_head_cross_entropy_sum
+from llmjepa.execution.lm_head import LogitTransform, head_transform, lm_head_cross_entropy_sum
 
 SEED = int(os.environ.get("LLMJEPA_TEST_SEED", random.SystemRandom().randrange(2**31)))
 NOTE = f"seed {SEED} (rerun with LLMJEPA_TEST_SEED={SEED})"
@@ -274,8 +274,8 @@ def checkpoint_dir(tmp_path: Path, family: str) -> Path:
 
 @pytest.mark.parametrize("family", TRAINED)
 def test_fast_trains_as_reference(tmp_path: Path, family: str) -> None:
-    from llmjepa.cli import parse_args
-    from llmjepa.run import train
+    from llmjepa.commands.run import train
+    from llmjepa.commands.train import parse_args
 
     model_dir = checkpoint_dir(tmp_path, family)
     histories = {}

@@ -2,7 +2,7 @@
 
 import json
 
-from llmjepa.cli import main
+from llmjepa.commands.train import main
 from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
 from llmjepa.model import ModelSpec, load_model, load_tokenizer
 

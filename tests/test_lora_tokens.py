@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llmjepa.cli import main
+from llmjepa.commands.train import main
 from llmjepa.model import ModelSpec, load_model, load_tokenizer, new_token_ids
 
 pytest.importorskip("peft", reason="peft is not installed")

@@ -18,12 +18,12 @@ import random
 import pytest
 import torch
 
-from llmjepa.cli import main, parse_args
+from llmjepa.commands.run import build_run
+from llmjepa.commands.train import main, parse_args
 from llmjepa.default_model import DEFAULT_MODEL_NAME, sample_data_path
-from llmjepa.execute import run_reference
-from llmjepa.fast import AttentionShape, collator_attention_shape, kernel_dtype, kernel_tiles, run_fast
+from llmjepa.execution.fast import AttentionShape, collator_attention_shape, kernel_dtype, kernel_tiles, run_fast
+from llmjepa.execution.reference import run_reference
 from llmjepa.model import ModelSpec, load_model, load_tokenizer
-from llmjepa.run import build_run
 from llmjepa.views import ViewConfig, build_plan, encode_all
 from llmjepa_kernels import hf_attention, torch_attention
 
@@ -38,7 +38,7 @@ CFG = ViewConfig(predictors=1, num_prediction_steps=2)
 
 @pytest.fixture(scope="module")
 def models_and_plan():
-    from llmjepa.data import load_examples
+    from llmjepa.views.examples import load_examples
 
     hf_attention.register()
     rng = random.Random(SEED)

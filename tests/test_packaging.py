@@ -237,10 +237,12 @@ def test_wheel_holds_both_packages_typed_with_license_and_entry_points(tmp_path:
         entry_points = z.read(f"{info}/entry_points.txt").decode()
     assert {"llmjepa/py.typed", "llmjepa_kernels/py.typed", "llmjepa/__main__.py"} <= names
     assert {"llmjepa_kernels/block_causal_attention.py", "llmjepa_kernels/cosine_loss.py"} <= names
-    assert "llmjepa/data/tokenizer.json" in names and f"{info}/licenses/LICENSE" in names
+    assert "llmjepa/assets/tokenizer.json" in names and f"{info}/licenses/LICENSE" in names
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "llmjepa").rglob("*.py")}
+    assert modules <= names, sorted(modules - names)  # every subpackage (pyproject's packages lists them)
     assert not any(n.startswith("kernels/") for n in names)  # never installed under the name `kernels`
     assert f"Version: {llmjepa.__version__}" in metadata and "License-Expression: Apache-2.0" in metadata
     required = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     required = [r for r in required if "extra ==" not in r]
     assert sorted(map(requirement_name, required)) == sorted(map(requirement_name, PROJECT["dependencies"]))
-    assert "llmjepa-train = llmjepa.cli:main" in entry_points
+    assert "llmjepa-train = llmjepa.commands.train:main" in entry_points

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from llmjepa import parity
-from llmjepa.cli import parse_args
-from llmjepa.run import build_run, train
+from llmjepa.commands.run import build_run, train
+from llmjepa.commands.train import parse_args
 
 STEPS = 20
 TOLERANCE = 1e-5
@@ -216,7 +216,10 @@ def test_parity_tool_user_errors(tmp_path: Path, capsys, extra: list[str], messa
 
 def test_parity_module_runs_as_a_command() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "llmjepa.parity", "--tolerance", "0"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "llmjepa.commands.parity", "--tolerance", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "llmjepa-parity: error: --tolerance must be > 0"

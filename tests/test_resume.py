@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmjepa.cli import main
+from llmjepa.commands.train import main
 from llmjepa.default_model import sample_data_path
 
 RTOL = 1e-6
@@ -134,7 +134,7 @@ def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture, data: Path
 def test_default_output_dir_is_new_per_run_and_ignored(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmjepa.cli import parse_args
+    from llmjepa.commands.train import parse_args
 
     monkeypatch.chdir(tmp_path)
     rc, out, err = run_cli(capsys, "--regular", "--batch_size", "2", "--grad_accum", "1", "--max_train_steps", "1")

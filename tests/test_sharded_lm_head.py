@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmjepa import lm_head
-from llmjepa.lm_head import LogitTransform, lm_head_cross_entropy_sum
+from llmjepa.execution.lm_head import LogitTransform, lm_head_cross_entropy_sum
 
 SEED = int(os.environ.get("LLMJEPA_TEST_SEED", random.SystemRandom().randrange(2**31)))
 NOTE = f"seed {SEED} (rerun with LLMJEPA_TEST_SEED={SEED})"

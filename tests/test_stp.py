@@ -1,4 +1,4 @@
-"""STP (--linear e2e|mean|curvature|random_span): llmjepa/stp.py against tests/upstream_stp.py, an
+"""STP (--linear e2e|mean|curvature|random_span): llmjepa/views/stp.py against tests/upstream_stp.py, an
 independent plain rewrite of upstream stp.py's loss; both executors; the span draws; the linear
 predictor saved and reloaded; the flags.
 
@@ -18,23 +18,17 @@ import torch
 import upstream_stp as up  # tests/ is on sys.path under pytest's default import mode
 
 from llmjepa import parity
-from llmjepa.cli import main, parse_args
-from llmjepa.data import load_examples
+from llmjepa.commands.run import train
+from llmjepa.commands.train import main, parse_args
 from llmjepa.default_model import DEFAULT_MODEL_NAME, build_default_model, sample_data_path
-from llmjepa.execute import run_reference
-from llmjepa.fast import run_fast
+from llmjepa.execution.fast import run_fast
+from llmjepa.execution.reference import run_reference
+from llmjepa.execution.stp import LinearPredictor, attach_linear_predictor, lbd_at, stp_loss_sum
 from llmjepa.model import load_tokenizer
-from llmjepa.run import train
-from llmjepa.stp import (
-    LinearPredictor,
-    StpConfig,
-    attach_linear_predictor,
-    draw_span,
-    lbd_at,
-    stp_loss_sum,
-    stp_plan,
-)
-from llmjepa.views import EncodeReport, ViewConfig, build_plan, encode
+from llmjepa.views.builders import build_plan
+from llmjepa.views.encoding import EncodeReport, ViewConfig, encode
+from llmjepa.views.examples import load_examples
+from llmjepa.views.stp import StpConfig, draw_span, stp_plan
 
 REL = 1e-5
 BATCH = 4

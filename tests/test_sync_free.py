@@ -44,10 +44,10 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from llmjepa.cli import parse_args
-from llmjepa.fast import attention_shape, run_fast
-from llmjepa.run import build_run
-from llmjepa.trainer import JepaTrainer
+from llmjepa.commands.run import build_run
+from llmjepa.commands.train import parse_args
+from llmjepa.execution.fast import attention_shape, run_fast
+from llmjepa.training.trainer import JepaTrainer
 
 interpreted = pytest.mark.interpreter  # counts the CUDA path on the CPU: the Triton interpreter (conftest.py)
 
@@ -377,7 +377,7 @@ def test_collator_builds_only_the_lists_the_kernels_read(tmp_path: Path) -> None
     tile masks) and the move to a device."""
     import pickle
 
-    from llmjepa.fast import kernel_tiles
+    from llmjepa.views.layout import kernel_tiles
     from llmjepa_kernels.block_causal_attention import default_config
 
     argv = ["--impl", "fast", "--lbd", "0.5", "--predictors", "1", "--num_prediction_steps", "2"]
@@ -404,7 +404,7 @@ def test_collator_builds_only_the_lists_the_kernels_read(tmp_path: Path) -> None
 def test_kernel_tiles_on_a_gpu_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """With three tile shapes (bf16, head_dim 128 on a GPU), three lists: not both directions of each."""
     attention = importlib.import_module("llmjepa_kernels.block_causal_attention")  # the package's name is the function
-    from llmjepa.fast import AttentionShape, kernel_tiles
+    from llmjepa.views.layout import AttentionShape, kernel_tiles
     from llmjepa_kernels.block_layout import BlockCausalLayout
 
     gpu = attention.AttentionConfig(

@@ -14,7 +14,7 @@ import torch
 from transformers import TrainingArguments
 
 from llmjepa import JepaTrainer, LossConfig, ViewConfig, load_examples, load_model, load_tokenizer, sample_data_path
-from llmjepa.trainer import window_metrics
+from llmjepa.training.trainer import window_metrics
 
 STEPS = 4
 TRAIN_KEYS = ("lm_loss", "jepa_loss", "mean_cos", "label_tokens", "pairs", "tokens_run", "peak_memory_mib")

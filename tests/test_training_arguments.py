@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from llmjepa.cli import main, parse_args
+from llmjepa.commands.train import main, parse_args
 from llmjepa.default_model import sample_data_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,12 +102,12 @@ def test_bad_training_flags(tmp_path: Path, capsys: pytest.CaptureFixture, argv:
 def test_contradictory_training_arguments_fail_before_loading(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llmjepa.run
+    import llmjepa.commands.run
 
     def no_loading(*args: object, **kwargs: object) -> None:
         raise AssertionError("data or model loaded before TrainingArguments were checked")
 
-    monkeypatch.setattr(llmjepa.run, "build_run", no_loading)
+    monkeypatch.setattr(llmjepa.commands.run, "build_run", no_loading)
     argv = ["--load_best_model_at_end", "--eval_strategy", "epoch", "--save_steps", "3"]
     assert main([*argv, "--output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
@@ -164,8 +164,8 @@ def test_one_checkpoint_per_epoch_under_two_ranks(tmp_path: Path) -> None:
 FSDP_PROBE = """
 import json, os, sys
 import torch.distributed as dist
-from llmjepa.cli import parse_args
-from llmjepa.run import build_run
+from llmjepa.commands.train import parse_args
+from llmjepa.commands.run import build_run
 
 run = build_run(parse_args(sys.argv[1:]))
 run.trainer.train()

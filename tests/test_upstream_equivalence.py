@@ -1,6 +1,6 @@
 """Our reference executor computes what the upstream trainers compute.
 
-`llmjepa.views.encode` -> `build_plan` -> `llmjepa.execute.run_reference` is compared with
+`llmjepa.views.encoding.encode` -> `build_plan` -> `llmjepa.execution.reference.run_reference` is compared with
 tests/upstream_batches.py, an independent and deliberately plain rewrite of upstream's batches
 (finetune.py for view-based LLM-JEPA, Step-JEPA train.py for multi-step; /tmp/upstream_spec.md):
 padded rows, dense 0/-inf float masks, no position_ids, read-out at upstream's indices of
@@ -11,7 +11,7 @@ our side with sdpa attention, the upstream side with eager attention.
 
 Compared per case: every predictor and target embedding (relative error < 1e-5), the LM loss
 (our ce_sum / label tokens vs the model's mean), and the JEPA loss for cosine, l2, mse and infonce
-(`llmjepa.losses.jepa_pair_losses` vs formulas written out in upstream_batches); for a few cases
+(`llmjepa.execution.losses.jepa_pair_losses` vs formulas written out in upstream_batches); for a few cases
 the gradients of gamma * lm + lbd * jepa with respect to every parameter.
 
 Deliberate differences between our views and upstream (documented choices, not bugs):
@@ -56,12 +56,13 @@ import pytest
 import torch
 import upstream_batches as up  # tests/ is on sys.path under pytest's default import mode
 
-from llmjepa.data import Example, load_examples
 from llmjepa.default_model import build_default_model, build_default_tokenizer, sample_data_path
-from llmjepa.execute import run_reference
-from llmjepa.losses import JEPA_KINDS, jepa_pair_losses
+from llmjepa.execution.losses import JEPA_KINDS, jepa_pair_losses
+from llmjepa.execution.reference import run_reference
 from llmjepa.model import load_tokenizer
-from llmjepa.views import EncodeReport, ViewConfig, build_plan, encode
+from llmjepa.views.builders import build_plan
+from llmjepa.views.encoding import EncodeReport, ViewConfig, encode
+from llmjepa.views.examples import Example, load_examples
 
 REL = 1e-5
 LBD, GAMMA = 0.5, 1.0

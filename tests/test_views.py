@@ -5,12 +5,13 @@ import random
 import pytest
 import torch
 
-from llmjepa.data import load_examples
 from llmjepa.default_model import sample_data_path
 from llmjepa.model import load_tokenizer
-from llmjepa.plan import IGNORE_INDEX, ViewRow, causal_row, check_row, visibility
-from llmjepa.trainer import jepa_ratio_keeps_views
-from llmjepa.views import EncodeReport, ViewConfig, build_plan, encode, encode_all
+from llmjepa.views.builders import build_plan
+from llmjepa.views.collate import jepa_ratio_keeps_views
+from llmjepa.views.encoding import EncodeReport, ViewConfig, encode, encode_all
+from llmjepa.views.examples import load_examples
+from llmjepa.views.plan import IGNORE_INDEX, ViewRow, causal_row, check_row, visibility
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_localized_target_segments_see_only_themselves(tokenizer, examples):
 
 
 def test_fallback_and_fewer_steps_are_counted(tokenizer):
-    from llmjepa.data import Example
+    from llmjepa.views.examples import Example
 
     system = {"role": "system", "content": "Solve."}
     user = {"role": "user", "content": "What is 2 + 3?"}
@@ -177,7 +178,7 @@ def test_jepa_ratio_draws_are_deterministic_and_near_ratio():
 
 
 def test_reference_masks_have_no_empty_row(tokenizer, examples):
-    from llmjepa.execute import padded_inputs
+    from llmjepa.execution.reference import padded_inputs
 
     cfg = ViewConfig(num_prediction_steps=2, predictors=1)
     encoded, _ = encode_all(examples[:3], tokenizer, cfg)
@@ -191,7 +192,7 @@ def test_entropy_plan_probes_are_the_windows_in_view_1(tokenizer, examples):
     """--entropy_filter: after the real pairs, one probe per view-1 token within w of each pair's
     predictor boundary (cut to view 1), read as predictor and target; n_pairs counts min(k, pairs) per
     example, the pairs the loss will keep."""
-    from llmjepa.views import EntropyPlan
+    from llmjepa.views.builders import EntropyPlan
 
     cfg = ViewConfig(num_prediction_steps=3, predictors=1, entropy_top_k=2, entropy_window=3)
     batch = [encode(e, i, tokenizer, cfg, EncodeReport()) for i, e in enumerate(examples[:6])]
@@ -213,7 +214,7 @@ def test_entropy_plan_probes_are_the_windows_in_view_1(tokenizer, examples):
 
 
 def test_readout_wraps_only_where_the_pairs_read_elsewhere():
-    from llmjepa.views import ViewReadout, readout_for
+    from llmjepa.execution.readout import ViewReadout, readout_for
 
     def executor(model, plan):
         return None

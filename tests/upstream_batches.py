@@ -1,6 +1,7 @@
 """A straightforward, independent rewrite of the upstream LLM-JEPA batches, for equivalence tests.
 
-This module deliberately imports nothing from llmjepa.views / llmjepa.plan / llmjepa.execute. It takes
+This module deliberately imports nothing from llmjepa.views.encoding / llmjepa.views.plan /
+llmjepa.execution.reference. It takes
 already-tokenized views (token id lists: tokenization is shared with the code under test) and builds
 the batches the upstream trainers build, the way they build them (see /tmp/upstream_spec.md):
 

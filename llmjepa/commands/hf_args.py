@@ -1,0 +1,179 @@
+"""llmjepa-train's pass-through of transformers.TrainingArguments, and --config FILE.yaml.
+
+Every TrainingArguments field is a flag beside upstream's (`--report_to tensorboard`, `--lr_scheduler_type
+cosine`, `--warmup_steps 0.1`, `--bf16`, `--deepspeed ds.json`, `--fsdp "full_shard auto_wrap"`, ...). Where a field
+and an upstream flag mean the same, upstream's name and default win and the field's name is an alias of it
+(`--per_device_train_batch_size` is `--batch_size`). Given fields override what run.training_arguments sets.
+
+`--config FILE.yaml` holds `name: value` lines for any flag, upstream's or a field (names without the dashes);
+flags on the command line win over the file.
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+PREFIX = "ta__"  # namespace attributes of passed-through TrainingArguments fields
+ALIASES = {  # TrainingArguments field -> the upstream flag's dest that means the same
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "num_train_epochs": "num_epochs",
+    "max_steps": "max_train_steps",
+}
+REFUSED = {  # fields llmjepa's batches cannot work with
+    "remove_unused_columns": "llmjepa's batches are view plans, not model inputs; the Trainer must keep them whole",
+}
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """A group with every TrainingArguments field that no flag of `parser` already is, and --config."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser.add_argument("--config", help="a YAML file of `flag: value` lines (any flag below; the command line wins)")
+    group = parser.add_argument_group(
+        "transformers.TrainingArguments (every field; upstream's flags above win where both exist)"
+    )
+    taken = parser._option_string_actions  # argparse keeps no public list of option strings (live: aliases join)
+    for field, dest in ALIASES.items():
+        if f"--{field}" not in taken:
+            kind = float if field == "num_train_epochs" else int
+            group.add_argument(f"--{field}", dest=dest, type=kind, default=argparse.SUPPRESS, help=f"= --{dest}")
+    for action in HfArgumentParser(TrainingArguments)._actions:
+        names = [name for name in action.option_strings if name.startswith("--")]
+        if not names or action.dest == "help" or any(name in taken for name in names):
+            continue
+        if isinstance(action, argparse._StoreFalseAction):
+            group.add_argument(*names, dest=PREFIX + action.dest, action="store_false", default=argparse.SUPPRESS)
+            continue
+        group.add_argument(
+            *names,
+            dest=PREFIX + action.dest,
+            type=action.type,
+            nargs=action.nargs,
+            const=action.const,
+            choices=action.choices,
+            metavar=action.metavar or (None if action.choices else action.dest.upper()),
+            default=argparse.SUPPRESS,
+            help=f"TrainingArguments.{action.dest} (its default: {action.default})".replace(
+                "%", "%%"
+            ),  # argparse formats %
+        )
+    if "--warmup_ratio" not in parser._option_string_actions:  # transformers >= 5.x: warmup_steps < 1 is a ratio
+        group.add_argument(
+            "--warmup_ratio", type=float, default=argparse.SUPPRESS, help="= --warmup_steps with a value below 1"
+        )
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse argv over the --config file's values; the given TrainingArguments fields go to
+    args.training_overrides (a dict), mixed precision and the weights' dtype are checked."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**read_config(Path(known.config), parser))
+    args = parser.parse_args(argv)
+    overrides = {key[len(PREFIX) :]: value for key, value in vars(args).items() if key.startswith(PREFIX)}
+    for key in list(vars(args)):
+        if key.startswith(PREFIX):
+            delattr(args, key)
+    if hasattr(args, "warmup_ratio"):
+        ratio = args.warmup_ratio
+        del args.warmup_ratio
+        if not 0 <= ratio < 1:
+            raise UserError(f"--warmup_ratio {ratio}: must be in [0, 1)")
+        overrides.setdefault("warmup_steps", ratio)
+    for field, reason in REFUSED.items():
+        if field in overrides:
+            raise UserError(f"--{field}: not supported ({reason})")
+    if overrides.get("fsdp") and not cuda_available():
+        # accelerate builds FSDP for GPUs only: on the CPU the Trainer would train as plain DDP without a word
+        raise UserError("--fsdp needs CUDA (accelerate runs FSDP on GPUs only; use torchrun alone for CPU ranks)")
+    args.training_overrides = overrides
+    check_precision(args, overrides)
+    return args
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_precision(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    """--bf16/--fp16: mixed precision over float32 master weights (the Trainer's autocast); --dtype bfloat16:
+    the weights themselves in bf16, as upstream. --dtype auto becomes float32 under mixed precision."""
+    mixed = [flag for flag in ("bf16", "fp16") if overrides.get(flag)]
+    if len(mixed) > 1:
+        raise UserError("--bf16 and --fp16 are two mixed precisions; give one")
+    if not mixed:
+        return
+    if args.dtype == "auto":
+        args.dtype = "float32"
+    elif args.dtype != "float32":
+        raise UserError(
+            f"--{mixed[0]} is mixed precision over float32 weights; --dtype {args.dtype} makes the weights "
+            f"{args.dtype} themselves: give one"
+        )
+
+
+def read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The file's `name: value` settings as parser defaults (dest -> value), each checked as its flag would be."""
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or root is None or not isinstance(root, yaml.MappingNode):
+        raise UserError(f"{path}: expected `name: value` lines (a YAML mapping)")
+    lines = {str(key.value): key.start_mark.line + 1 for key, _ in root.value}
+    actions = {}
+    for action in parser._actions:
+        for name in action.option_strings:
+            actions[name.lstrip("-").replace("-", "_")] = action
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path} line {lines.get(str(key), '?')}"
+        action = actions.get(str(key).replace("-", "_"))
+        if action is None or action.dest in ("help", "config"):
+            raise UserError(f"{where}: unknown setting {key!r} (llmjepa-train --help lists them)")
+        settings[action.dest] = config_value(action, value, f"{where}: {key}")
+    return settings
+
+
+def config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A YAML value as the flag's parsed value: booleans for switches, the flag's type (and choices) otherwise;
+    mappings pass as they are (fsdp_config, lr_scheduler_kwargs, deepspeed)."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {value!r}")
+        return not value if isinstance(action, argparse._StoreFalseAction) else value
+    if isinstance(value, dict):
+        return value if action.type in (None, str) else json.dumps(value)
+    if isinstance(value, list):
+        if action.nargs not in ("+", "*"):
+            raise UserError(f"{where}: expected one value, got a list")
+        return [convert(action, item, where) for item in value]
+    return convert(action, value, where)
+
+
+def convert(action: argparse.Action, value: Any, where: str) -> Any:
+    try:
+        converted = action.type(str(value)) if action.type is not None else str(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+        raise UserError(f"{where}: {value!r} is not valid ({e})") from None
+    if action.choices is not None and converted not in action.choices:
+        raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return converted
