@@ -37,6 +37,11 @@ from transformers import AttentionInterface
 from . import torch_attention
 from .block_layout import BlockCausalLayout
 
+if importlib.util.find_spec("triton") is not None:
+    from .block_causal_attention import block_causal_attention, interpreted
+else:  # the PyTorch form needs no triton: the CPU fast path runs without it
+    block_causal_attention = interpreted = None
+
 __all__ = ["ATTENTION_NAME", "attention_input_dtype", "block_causal_attention_forward", "register"]
 
 ATTENTION_NAME = "llmjepa_block_causal"
@@ -132,13 +137,10 @@ def attention_input_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.T
 
 
 def _use_triton(device: torch.device) -> bool:
+    """auto: the Triton kernel on CUDA, and on the CPU under the interpreter (tests); else the PyTorch form."""
     if device.type == "cuda":
         return True
-    if importlib.util.find_spec("triton") is None:  # the PyTorch form needs no triton: the CPU fast path
-        return False
-    from .block_causal_attention import interpreted
-
-    return interpreted()
+    return interpreted is not None and interpreted()
 
 
 def block_causal_attention_forward(
@@ -205,8 +207,8 @@ def block_causal_attention_forward(
 
         out = flex_block_causal_attention(q, k, v, layout, scaling)
     elif triton_wanted:
-        from .block_causal_attention import block_causal_attention  # triton: imported only when it runs
-
+        if block_causal_attention is None:
+            raise ImportError("the triton attention backend needs triton: pip install 'llmjepa[triton]'")
         out = block_causal_attention(
             q, k, v, layout.shared_start, layout.shared_end, layout.causal_start, scaling, layout=layout
         )
