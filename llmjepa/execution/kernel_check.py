@@ -225,7 +225,8 @@ def device_name(device: torch.device) -> str:
 
 
 def cache_key(backend: str, device: torch.device, dtype: torch.dtype, heads: tuple[int, int, int]) -> str:
-    from .. import __version__
+    # the package is imported before any of its modules: read its version without an import edge up to it
+    __version__ = sys.modules["llmjepa"].__version__
 
     try:
         import triton
