@@ -5,7 +5,6 @@ import os
 from typing import Any
 
 from ..errors import UserError
-from ..execution.stp import lp_weight_from
 from ..views.stp import LENGTH_ADJUSTMENTS, STP_MODES, StpConfig
 
 # ---- flags ----------------------------------------------------------------------------------------------
@@ -24,8 +23,13 @@ def add_stp_arguments(parser: Any) -> None:
     g.add_argument("--linear_predictor", action="store_true", help="a bias-free d x d map on the predictor side")
     g.add_argument("--load_lp", action="store_true", help="load the linear predictor saved in --model_name")
     g.add_argument("--lbd_warmup", action="store_true", help="lbd rises linearly from --min_lbd to --lbd")
-    g.add_argument("--min_lbd", type=float, default=0.0)
-    g.add_argument("--length_adjustment", choices=LENGTH_ADJUSTMENTS, default=None, help="random_span weights")
+    g.add_argument("--min_lbd", type=float, default=0.0, help="--lbd_warmup's starting lbd")
+    g.add_argument(
+        "--length_adjustment",
+        choices=LENGTH_ADJUSTMENTS,
+        default=None,
+        help="random_span weights (default: none, uniform)",
+    )
     g.add_argument("--random_span_zero", action="store_true", help="spans start at the first content token")
     g.add_argument("--random_span_e2e", action="store_true", help="spans may cover the tokens between the turns")
     g.add_argument("--random_span_all", action="store_true", help="the user part starts at token 1")
@@ -34,7 +38,12 @@ def add_stp_arguments(parser: Any) -> None:
     g.add_argument("--random_span_draw_both", action="store_true", help="draw both span ends at once")
     g.add_argument("--random_span_uniform", action="store_true", help="spans uniform over all spans")
     g.add_argument(
-        "--jepa_layer", "--random_span_layer", dest="jepa_layer", type=int, default=-1, help="hidden_states index"
+        "--jepa_layer",
+        "--random_span_layer",
+        dest="jepa_layer",
+        type=int,
+        default=-1,
+        help="hidden_states index the JEPA term reads (-1: the last)",
     )
     g.add_argument("--random_span_mask", action="store_true", help="refused: no working meaning upstream")
     g.add_argument("--random_span_mask_recover", action="store_true", help="refused: no working meaning upstream")
@@ -98,6 +107,8 @@ def check_stp_args(args: Any) -> None:
     if args.load_lp and not os.path.isdir(args.model_name):
         raise UserError(f"--load_lp reads the linear predictor from a local --model_name; {args.model_name} is none")
     if args.load_lp:
+        from ..execution.stp import lp_weight_from
+
         lp_weight_from(args.model_name)  # before the model loads: a missing predictor fails in a second
     if args.linear_predictor and args.lora:
         raise UserError("--linear_predictor with --lora: the adapter checkpoint would not hold the predictor")
