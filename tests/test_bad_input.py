@@ -339,8 +339,8 @@ def poison_from_microbatch(monkeypatch: pytest.MonkeyPatch, first: int, quantity
 
     build = llmjepa.training.factory.make_executor
 
-    def poisoned_executor_for(model: object, pad_token_id: int, options: object) -> object:
-        executor, calls = build(model, pad_token_id, options), [0]
+    def poisoned_executor_for(model: object, pad_token_id: int, options: object, use_cpu: bool = False) -> object:
+        executor, calls = build(model, pad_token_id, options, use_cpu), [0]
 
         def run(model: object, plan: object) -> object:
             calls[0] += 1

@@ -460,8 +460,8 @@ def attention_backend_choice(args: argparse.Namespace) -> str | None:
     from ..execution.fast import default_attention_backend
 
     cuda = torch.cuda.is_available()
-    if chosen is None:
-        return default_attention_backend()
+    if chosen is None:  # training on the CPU (--use_cpu) beside a GPU: the PyTorch form
+        return default_attention_backend(bool(getattr(args, "training_overrides", {}).get("use_cpu")))
     if chosen == "flex" and not cuda:
         raise UserError(
             "--attention_backend flex trains on CUDA only: torch's FlexAttention has no backward on the CPU"

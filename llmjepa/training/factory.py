@@ -61,7 +61,7 @@ def is_encoded(dataset: Any) -> bool:
     return dataset is None or (isinstance(dataset, list) and all(isinstance(e, Encoded) for e in dataset))
 
 
-def make_executor(model: nn.Module, pad_token_id: int | None, options: RunOptions) -> Executor:
+def make_executor(model: nn.Module, pad_token_id: int | None, options: RunOptions, use_cpu: bool = False) -> Executor:
     """The executor of `options.impl`: "reference"; "fast" (the model's attention switched to ours, refused
     with one line where the fast path would be wrong); None: fast where the model already runs our attention,
     or where it is available (CUDA with Triton, or the CPU: execution.fast.fast_path_available) and the model is
@@ -77,7 +77,7 @@ def make_executor(model: nn.Module, pad_token_id: int | None, options: RunOption
         if options.impl == "fast":
             raise UserError(f"--impl fast needs triton ({e}): pip install 'llmjepa[triton]'") from e
         return reference
-    backend = options.attention_backend or default_attention_backend()
+    backend = options.attention_backend or default_attention_backend(use_cpu)
     fast = partial(run_fast, pad_token_id=pad_token_id, attention=backend, kernel_check=options.kernel_check)
     ours = getattr(unwrap(model).config, "_attn_implementation", None) == hf_attention.ATTENTION_NAME
     if options.impl is None and not ours and not fast_path_available():
@@ -100,11 +100,13 @@ def default_executor(model: nn.Module, pad_token_id: int | None) -> Executor:
     return make_executor(model, pad_token_id, RunOptions())
 
 
-def fused_pair_loss_where_triton_runs(executor: Executor) -> bool:
-    """The fused JEPA loss kernel with the fast path, where Triton runs: CUDA, or its CPU interpreter."""
+def fused_pair_loss_where_triton_runs(executor: Executor, use_cpu: bool = False) -> bool:
+    """The fused JEPA loss kernel with the fast path, where Triton runs: training on CUDA, or the CPU
+    interpreter (use_cpu: TrainingArguments.use_cpu)."""
     import torch
 
-    return executor_packs(executor) and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+    cuda = torch.cuda.is_available() and not use_cpu
+    return executor_packs(executor) and (cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def readout_layer(cfg: ViewConfig) -> int:
@@ -192,10 +194,12 @@ def decide(
         add_missing_tokens(tokenizer, model, view_tokens(cfg.predictors, cfg.plain))
     if model is not None:
         prepare_model(model, cfg, options)
+    use_cpu = bool(getattr(kwargs.get("args"), "use_cpu", False))  # training on the CPU beside a GPU
     if executor is None:
-        executor = make_executor(model, tokenizer.pad_token_id, options)
+        executor = make_executor(model, tokenizer.pad_token_id, options, use_cpu)
     if loss_config.fused_pair_loss is None:
-        loss_config = dataclasses.replace(loss_config, fused_pair_loss=fused_pair_loss_where_triton_runs(executor))
+        fused = fused_pair_loss_where_triton_runs(executor, use_cpu)
+        loss_config = dataclasses.replace(loss_config, fused_pair_loss=fused)
     if peft_config is not None:
         from peft import get_peft_model
 
