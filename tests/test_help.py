@@ -1,5 +1,5 @@
 """llmjepa-train --help: every option described with its default said once, grouped, and printed without
-importing torch or transformers (the TrainingArguments group is read from transformers' source)."""
+importing torch (the TrainingArguments group is read from transformers' source)."""
 
 import subprocess
 import sys
@@ -52,11 +52,12 @@ def test_help_lists_the_flags_the_parser_parses() -> None:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--lbd", "0.5", "-h"]])
-def test_help_imports_neither_torch_nor_transformers(argv: list[str]) -> None:
+def test_help_imports_no_torch(argv: list[str]) -> None:
+    """transformers.HfArgumentParser is imported (it makes the parser); torch and TrainingArguments are not."""
     code = (
         "import sys\nfrom llmjepa.commands.train import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-        "heavy = [m for m in ('torch', 'transformers', 'numpy') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers.training_args') if m in sys.modules]\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -293,7 +293,8 @@ def read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
 def config_value(action: argparse.Action, value: Any, where: str) -> Any:
     """A YAML value as the flag's parsed value: booleans for switches, the flag's type (and choices) otherwise;
     mappings pass as they are (fsdp_config, lr_scheduler_kwargs, deepspeed)."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+    switch = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+    if isinstance(action, switch) or getattr(action.type, "__name__", None) == "string_to_bool":  # HfArgumentParser
         if not isinstance(value, bool):
             raise UserError(f"{where}: expected true or false, got {value!r}")
         return not value if isinstance(action, argparse._StoreFalseAction) else value
