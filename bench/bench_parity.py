@@ -216,15 +216,15 @@ def device_name() -> str:
 
 def fast_kernels() -> str:
     """What the fast executor's attention and pair loss ran on in this process (its own choices)."""
-    from llmjepa.commands.run import fused_pair_loss
-    from llmjepa.execution.fast import attention_backend
+    from llmjepa.execution.fast import attention_backend, run_fast
+    from llmjepa.training.factory import fused_pair_loss_where_triton_runs
     from llmjepa_kernels.block_causal_attention import interpreted
 
     cuda = torch.cuda.is_available()
     where = "CUDA" if cuda else "the CPU interpreter"
     triton_attention = attention_backend(torch.device("cuda" if cuda else "cpu")) == "auto" and (cuda or interpreted())
     attention = f"block_causal_attention (Triton, {where})" if triton_attention else "PyTorch SDPA over the ranges"
-    fused = fused_pair_loss(argparse.Namespace(impl="fast"))
+    fused = fused_pair_loss_where_triton_runs(run_fast)
     pair_loss = f"cosine_jepa_loss (Triton, {where})" if fused else "the PyTorch pair loss"
     return f"attention: {attention}; pair loss: {pair_loss}"
 

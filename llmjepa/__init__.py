@@ -17,18 +17,50 @@ callbacks) and evaluation (generation, scorers) -> commands (llmjepa-train, -par
 
 __version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
 
+from importlib import import_module
+
 from . import _moved
-from .default_model import DEFAULT_MODEL_NAME, build_default_model, build_default_tokenizer, sample_data_path
-from .execution.fast import run_fast
-from .execution.protocol import Executed
-from .execution.reference import run_reference
-from .model import ModelSpec, load_model, load_tokenizer
-from .training.trainer import JepaTrainer, LossConfig
-from .views.builders import build_plan
-from .views.collate import ViewCollator
-from .views.encoding import Encoded, ViewConfig, encode_all
-from .views.examples import Example, examples_from_records, load_examples
-from .views.plan import ViewPlan, ViewRow
+
+# Public name -> the module that holds it, imported on first use (PEP 562): `llmjepa-train --help` and the
+# commands' flag parsing load no torch or transformers (issue 17); `from llmjepa import JepaTrainer` works as before.
+_EXPORTS = {
+    "DEFAULT_MODEL_NAME": ".default_model",
+    "build_default_model": ".default_model",
+    "build_default_tokenizer": ".default_model",
+    "sample_data_path": ".default_model",
+    "run_fast": ".execution.fast",
+    "Executed": ".execution.protocol",
+    "run_reference": ".execution.reference",
+    "ModelSpec": ".model",
+    "load_model": ".model",
+    "load_tokenizer": ".model",
+    "JepaTrainer": ".training.trainer",
+    "LossConfig": ".training.trainer",
+    "build_plan": ".views.builders",
+    "ViewCollator": ".views.collate",
+    "Encoded": ".views.encoding",
+    "ViewConfig": ".views.encoding",
+    "encode_all": ".views.encoding",
+    "Example": ".views.examples",
+    "examples_from_records": ".views.examples",
+    "load_examples": ".views.examples",
+    "ViewPlan": ".views.plan",
+    "ViewRow": ".views.plan",
+}
+
+
+def __getattr__(name: str):
+    """A public name's module imported when the name is first read."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'llmjepa' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value  # the next read is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 _moved.install()  # llmjepa.cli, llmjepa.fast, ... (0.1's flat modules): the new modules, with a DeprecationWarning
 

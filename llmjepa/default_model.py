@@ -7,14 +7,17 @@ drawn from a seed: it exists so that the trainer, its tests and its benchmarks r
 offline, in seconds.
 """
 
+from __future__ import annotations
+
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+if TYPE_CHECKING:  # imported where used: llmjepa-train's flags read DEFAULT_MODEL_NAME without loading torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 DEFAULT_MODEL_NAME = "llmjepa/tiny-llama"
 SAMPLE_FILES = {"train": "arith_train.jsonl", "eval": "arith_eval.jsonl"}
@@ -43,6 +46,8 @@ def build_default_tokenizer() -> PreTrainedTokenizerFast:
     its end-of-turn token, as upstream does for Llama 3, so that it works as it comes."""
     config = json.loads(data_path("tokenizer_config.json").read_text(encoding="utf-8"))
     config.pop("tokenizer_class")
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(data_path("tokenizer.json")), **config)
     tokenizer.name_or_path = DEFAULT_MODEL_NAME
     if tokenizer.pad_token is None:
@@ -54,6 +59,8 @@ def default_model_config(
     vocab_size: int, bos_token_id: int = BOS_TOKEN_ID, eos_token_id: int = EOS_TOKEN_ID
 ) -> LlamaConfig:
     """A Llama small enough to train on a CPU: 2 layers of width 64, grouped-query attention."""
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -74,6 +81,8 @@ def default_model_config(
 @contextmanager
 def float32_default() -> Iterator[None]:
     """Initialize in float32 even if the caller changed torch's default dtype."""
+    import torch
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
@@ -84,6 +93,9 @@ def float32_default() -> Iterator[None]:
 
 def build_default_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
     """Random float32 weights that depend only on `seed`; the global RNG state is left as it was."""
+    import torch
+    from transformers import LlamaForCausalLM
+
     config = default_model_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     with torch.random.fork_rng(devices=[]), float32_default():
         torch.manual_seed(seed)

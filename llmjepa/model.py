@@ -140,7 +140,8 @@ def add_missing_tokens(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Modul
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # upstream: pad = eos when there is none
     embeddings = model.get_input_embeddings()
-    if embeddings is not None and embeddings.num_embeddings < len(tokenizer):
+    rows = getattr(embeddings, "num_embeddings", None)  # None under peft's token wrapper: sized when loaded
+    if rows is not None and rows < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     set_pad_token_id(model, tokenizer.pad_token_id)
     quiet_length_warning(tokenizer)

@@ -335,12 +335,12 @@ def test_model_name_dir_without_a_model(tmp_path: Path, capsys: pytest.CaptureFi
 # ---- non-finite training stops ---------------------------------------------------------------
 def poison_from_microbatch(monkeypatch: pytest.MonkeyPatch, first: int, quantity: str) -> None:
     """Make the executor's output non-finite from the `first`-th microbatch on (1-based)."""
-    import llmjepa.commands.run
+    import llmjepa.training.factory
 
-    build = llmjepa.commands.run.executor_for
+    build = llmjepa.training.factory.make_executor
 
-    def poisoned_executor_for(args: object, pad_token_id: int) -> object:
-        executor, calls = build(args, pad_token_id), [0]
+    def poisoned_executor_for(model: object, pad_token_id: int, options: object, use_cpu: bool = False) -> object:
+        executor, calls = build(model, pad_token_id, options, use_cpu), [0]
 
         def run(model: object, plan: object) -> object:
             calls[0] += 1
@@ -352,9 +352,10 @@ def poison_from_microbatch(monkeypatch: pytest.MonkeyPatch, first: int, quantity
                     out.hidden = out.hidden * float("inf")
             return out
 
+        run.packs = llmjepa.training.factory.executor_packs(executor)  # the collator packs as for the real one
         return run
 
-    monkeypatch.setattr(llmjepa.commands.run, "executor_for", poisoned_executor_for)
+    monkeypatch.setattr(llmjepa.training.factory, "make_executor", poisoned_executor_for)
 
 
 @pytest.mark.parametrize("quantity", ["ce_sum", "hidden"])

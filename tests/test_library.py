@@ -27,6 +27,7 @@ from llmjepa import (
     sample_data_path,
 )
 from llmjepa.errors import UserError
+from llmjepa_kernels import hf_attention
 
 STEPS = 3
 
@@ -63,20 +64,23 @@ def test_nothing_else_equals_the_explicit_assembly(tmp_path: Path, view_config: 
         **({"view_config": view_config} if view_config else {}),
     )
     assert all(isinstance(e, Encoded) for e in trainer.train_dataset)  # tokenized once, up front
-    assert trainer.executor.func is run_reference  # the CPU has no fast path by default
+    assert trainer.executor.func is run_fast  # the CPU's default: the fast path in its PyTorch form
     got = losses(trainer)
 
     cfg = view_config or ViewConfig()
     tokenizer = build_default_tokenizer()
     encoded, _ = encode_all(examples_from_records(rows()), tokenizer, cfg)
     predictor_ids = tokenizer.convert_tokens_to_ids([f"<|predictor_{k}|>" for k in range(1, cfg.predictors + 1)])
+    model = build_default_model(tokenizer, seed=3)
+    hf_attention.register()
+    model.set_attn_implementation(hf_attention.ATTENTION_NAME)
     explicit = JepaTrainer(
-        model=build_default_model(tokenizer, seed=3),
+        model=model,
         args=training_args(tmp_path / "b"),
         train_dataset=encoded,
-        data_collator=ViewCollator(cfg, predictor_ids),
+        data_collator=ViewCollator(cfg, predictor_ids, pack=True),
         processing_class=tokenizer,
-        executor=partial(run_reference, pad_token_id=tokenizer.pad_token_id),
+        executor=partial(run_fast, pad_token_id=tokenizer.pad_token_id, attention="torch"),
         loss_config=LossConfig(lbd=0.5),
     )
     want = losses(explicit)

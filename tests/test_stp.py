@@ -25,6 +25,7 @@ from llmjepa.execution.fast import run_fast
 from llmjepa.execution.reference import run_reference
 from llmjepa.execution.stp import LinearPredictor, attach_linear_predictor, lbd_at, stp_loss_sum
 from llmjepa.model import load_tokenizer
+from llmjepa.training.trainer import JepaTrainer
 from llmjepa.views.builders import build_plan
 from llmjepa.views.encoding import EncodeReport, ViewConfig, encode
 from llmjepa.views.examples import load_examples
@@ -342,14 +343,19 @@ MODES = {
 }
 
 
-def history(out: Path, impl: str, flags: list[str]) -> list[dict]:
+def trained(out: Path, impl: str, flags: list[str]) -> JepaTrainer:
     argv = [*BASE, *flags, "--impl", impl, "--max_train_steps", str(STEPS), "--output_dir", str(out)]
-    return train(parse_args(argv)).history
+    return train(parse_args(argv))
+
+
+def history(out: Path, impl: str, flags: list[str]) -> list[dict]:
+    return trained(out, impl, flags).history
 
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_fast_equals_reference_in_training(tmp_path: Path, mode: str):
-    fast = history(tmp_path / "fast", "fast", MODES[mode])
+    fast_trainer = trained(tmp_path / "fast", "fast", MODES[mode])
+    fast = fast_trainer.history
     reference = history(tmp_path / "reference", "reference", MODES[mode])
     assert len(fast) == len(reference) == STEPS
     for x, y in zip(fast, reference):
@@ -363,6 +369,7 @@ def test_fast_equals_reference_in_training(tmp_path: Path, mode: str):
         for r in fast:
             lbd_t = low + (lbd - low) * (r["step"] - 1) / (STEPS - 1)
             assert r["loss"] == pytest.approx(r["lm_loss"] + lbd_t * r["jepa_loss"], rel=1e-6)
+        assert fast_trainer.loss_config.lbd == lbd  # the step returned its lbd; the shared config kept --lbd
 
 
 def test_with_lora_evaluation_and_debug(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -11,6 +11,7 @@ flags on the command line win over the file.
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,43 +29,179 @@ REFUSED = {  # fields llmjepa's batches cannot work with
 }
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """A group with every TrainingArguments field that no flag of `parser` already is, and --config."""
+@dataclass
+class FieldFlag:
+    """One TrainingArguments field as a flag: from HfArgumentParser's action (to parse), or from
+    training_args.py's text (for --help, which imports neither torch nor transformers)."""
+
+    names: list[str]
+    dest: str
+    help: str
+    default: Any
+    store_false: bool = False  # HfArgumentParser's --no_<field> for a boolean field whose default is True
+    type: Any = None
+    nargs: Any = None
+    const: Any = None
+    choices: Any = None
+    metavar: Any = None
+
+
+def training_fields() -> list[FieldFlag]:
+    """Every TrainingArguments field as HfArgumentParser makes its flag (imports transformers, and torch)."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    parser.add_argument("--config", help="a YAML file of `flag: value` lines (any flag below; the command line wins)")
-    group = parser.add_argument_group(
-        "transformers.TrainingArguments (every field; upstream's flags above win where both exist)"
-    )
-    taken = parser._option_string_actions  # argparse keeps no public list of option strings (live: aliases join)
-    for field, dest in ALIASES.items():
-        if f"--{field}" not in taken:
-            kind = float if field == "num_train_epochs" else int
-            group.add_argument(f"--{field}", dest=dest, type=kind, default=argparse.SUPPRESS, help=f"= --{dest}")
+    flags = []
     for action in HfArgumentParser(TrainingArguments)._actions:
         names = [name for name in action.option_strings if name.startswith("--")]
-        if not names or action.dest == "help" or any(name in taken for name in names):
+        if not names or action.dest == "help":
             continue
-        if isinstance(action, argparse._StoreFalseAction):
-            group.add_argument(*names, dest=PREFIX + action.dest, action="store_false", default=argparse.SUPPRESS)
+        store_false = isinstance(action, argparse._StoreFalseAction)
+        metavar = action.metavar or (None if action.choices else action.dest.upper())
+        flags.append(
+            FieldFlag(
+                names,
+                action.dest,
+                action.help or "",
+                action.default,
+                store_false,
+                action.type,
+                action.nargs,
+                action.const,
+                action.choices,
+                metavar,
+            )
+        )
+    return flags
+
+
+def training_fields_from_source() -> list[FieldFlag]:
+    """training_fields for --help, read from the installed transformers' training_args.py without importing it
+    (its import loads torch: seconds). Same names, help and defaults (tests/test_help.py compares the two); the
+    values are not converted, as --help parses nothing."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    source = Path(spec.submodule_search_locations[0], "training_args.py").read_text(encoding="utf-8")
+    cls = next(
+        node for node in ast.parse(source).body if isinstance(node, ast.ClassDef) and node.name == "TrainingArguments"
+    )
+    constants: dict[str, list[str]] = {}
+    for node in ast.walk(cls):  # e.g. default_optim = "adamw_torch" / "adamw_torch_fused", by torch version
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name):
+                constants.setdefault(target.id, []).append(str(node.value.value))
+    flags = []
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)) or node.value is None:
+            continue
+        name, help_text, default, init = node.target.id, "", node.value, True
+        if isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "field":
+            keywords = {k.arg: k.value for k in node.value.keywords}
+            init = not (isinstance(keywords.get("init"), ast.Constant) and keywords["init"].value is False)
+            default = keywords.get("default") or keywords.get("default_factory")
+            meta = keywords.get("metadata")
+            if isinstance(meta, ast.Dict):
+                for key, value in zip(meta.keys, meta.values):
+                    if isinstance(key, ast.Constant) and key.value == "help" and isinstance(value, ast.Constant):
+                        help_text = value.value
+        if not init:
+            continue
+        shown = shown_default(default, constants)
+        names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        boolean = ast.unparse(node.annotation).replace(" ", "") in ("bool", "bool|None", "Optional[bool]")
+        flags.append(
+            FieldFlag(
+                names,
+                name,
+                help_text,
+                shown,
+                nargs="?" if boolean else None,
+                const=True if boolean else None,
+                metavar=None if boolean else name.upper(),
+            )
+        )
+        if boolean and shown is True:
+            no = [f"--no_{name}"] + ([f"--no-{name.replace('_', '-')}"] if "_" in name else [])
+            flags.append(FieldFlag(no, name, help_text, False, store_false=True))
+    return flags
+
+
+def shown_default(node: Any, class_constants: dict[str, list[str]]) -> Any:
+    """A field's default as --help shows it: the literal, a class-level name's values (optim's default depends on
+    the torch version), or the expression's text (an enum member)."""
+    import ast
+
+    if node is None:
+        return None
+    if isinstance(node, ast.Name) and node.id in ("list", "dict"):  # default_factory=list / dict
+        return [] if node.id == "list" else {}
+    if isinstance(node, ast.Name) and node.id in class_constants:  # a class-level name, set per version
+        return " or ".join(class_constants[node.id])
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        text = ast.unparse(node)
+        return text.split(".")[-1].lower() if text.count(".") == 1 and text.split(".")[0][0].isupper() else text
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, fields: list[FieldFlag] | None = None) -> None:
+    """A group with every TrainingArguments field that no flag of `parser` already is, and --config.
+    fields: training_fields() (the default), or training_fields_from_source() for --help."""
+    parser.add_argument("--config", help="a YAML file of `flag: value` lines (any flag below; the command line wins)")
+    group = parser.add_argument_group(
+        "transformers.TrainingArguments (every field; upstream's and llmjepa's flags above win where both exist)"
+    )
+    taken = parser._option_string_actions  # argparse keeps no public list of option strings (live: aliases join)
+    for field_name, dest in ALIASES.items():
+        if f"--{field_name}" not in taken:
+            kind = float if field_name == "num_train_epochs" else int
+            group.add_argument(
+                f"--{field_name}",
+                dest=dest,
+                type=kind,
+                default=argparse.SUPPRESS,
+                help=f"the same as --{dest} (default: {taken[f'--{dest}'].default})",
+            )
+    for flag in training_fields() if fields is None else fields:
+        if any(name in taken for name in flag.names):
+            continue
+        described = " ".join(flag.help.split()) or f"TrainingArguments.{flag.dest}"
+        if flag.store_false:
+            group.add_argument(
+                *flag.names,
+                dest=PREFIX + flag.dest,
+                action="store_false",
+                default=argparse.SUPPRESS,
+                help=f"{described} (given: {flag.dest} False; default: True)".replace("%", "%%"),
+            )
             continue
         group.add_argument(
-            *names,
-            dest=PREFIX + action.dest,
-            type=action.type,
-            nargs=action.nargs,
-            const=action.const,
-            choices=action.choices,
-            metavar=action.metavar or (None if action.choices else action.dest.upper()),
+            *flag.names,
+            dest=PREFIX + flag.dest,
+            type=flag.type,
+            nargs=flag.nargs,
+            const=flag.const,
+            choices=flag.choices,
+            metavar=flag.metavar,
             default=argparse.SUPPRESS,
-            help=f"TrainingArguments.{action.dest} (its default: {action.default})".replace(
-                "%", "%%"
-            ),  # argparse formats %
+            help=one_default(described, flag.default).replace("%", "%%"),  # argparse formats %
         )
     if "--warmup_ratio" not in parser._option_string_actions:  # transformers >= 5.x: warmup_steps < 1 is a ratio
         group.add_argument(
-            "--warmup_ratio", type=float, default=argparse.SUPPRESS, help="= --warmup_steps with a value below 1"
+            "--warmup_ratio",
+            type=float,
+            default=argparse.SUPPRESS,
+            help="the same as --warmup_steps with a value below 1 (default: 0)",
         )
+
+
+def one_default(described: str, default: Any) -> str:
+    """A field's help with its default said once: transformers' text where it speaks of its default already."""
+    return described if "default" in described.lower() else f"{described} (default: {default!s})"
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -156,7 +293,8 @@ def read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
 def config_value(action: argparse.Action, value: Any, where: str) -> Any:
     """A YAML value as the flag's parsed value: booleans for switches, the flag's type (and choices) otherwise;
     mappings pass as they are (fsdp_config, lr_scheduler_kwargs, deepspeed)."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+    switch = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+    if isinstance(action, switch) or getattr(action.type, "__name__", None) == "string_to_bool":  # HfArgumentParser
         if not isinstance(value, bool):
             raise UserError(f"{where}: expected true or false, got {value!r}")
         return not value if isinstance(action, argparse._StoreFalseAction) else value

@@ -8,7 +8,6 @@ import shlex
 import signal
 import sys
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,61 +15,23 @@ from transformers import TrainingArguments, set_seed
 
 from ..distributed import barrier, is_main_process, launched_world_size
 from ..errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
-from ..execution.fast import check_fast_supported, collator_attention_shape, mixed_precision_dtype, run_fast
-from ..execution.readout import readout_for
-from ..execution.reference import Executor, run_reference
-from ..execution.stp import check_layer, prepare_model
 from ..model import ModelSpec, load_model, load_tokenizer
-from ..tokens import predictor_tokens
 from ..training.callbacks import StopOnSignal, add_profiled_flops
 from ..training.trainer import JepaTrainer, LossConfig
-from ..views.collate import ViewCollator
 from ..views.encoding import Encoded, ViewConfig, encode_all
 from ..views.examples import load_examples, split_examples
+from .config import Mode, derive, mode_of
 from .plots import plot_curves
-from .stp_flags import stp_config
 
 
 def view_config(args: argparse.Namespace) -> ViewConfig:
-    labels = "all" if args.train_all else "upstream" if args.upstream_labels else "assistant"
-    return ViewConfig(
-        regular=args.regular,
-        predictors=args.predictors,
-        last_token=args.last_token,
-        num_prediction_steps=args.num_prediction_steps,
-        localized_masks=args.localized_masks,
-        isolated_predictors=args.isolated_predictors,
-        include_last_step_target=args.include_last_step_target,
-        step_separator=args.step_separator,
-        additive_mask=args.additive_mask,
-        additive_positions=args.additive_mask_positions,
-        front_pred=args.front_pred,
-        reverse_pred=args.reverse_pred,
-        plain=args.plain,
-        merge_system="gemma" in args.model_name.lower(),
-        labels=labels,
-        max_length=args.max_length,
-        stp=stp_config(args),
-        view_based_jepa=args.view_based_jepa,
-        unmask_user=args.unmask_user,
-        entropy_top_k=args.entropy_top_k if args.entropy_filter else 0,
-        entropy_window=args.entropy_context_window,
-        jepa_layer=args.jepa_layer if args.linear is None else -1,  # STP reads its layer itself (stp.py)
-    )
+    """The ViewConfig of checked flags (config.derive makes it, with the others)."""
+    return derive(args).view
 
 
 def loss_config(args: argparse.Namespace) -> LossConfig:
-    kind = "l2" if args.jepa_l2 else "mse" if args.jepa_mse else "infonce" if args.infonce else "cosine"
-    return LossConfig(
-        regular=args.regular,
-        lbd=args.lbd,
-        gamma=args.gamma,
-        jepa_kind=kind,
-        jepa_ratio=args.jepa_ratio,
-        seed=args.finetune_seed,
-        debug=args.debug,
-        fused_pair_loss=fused_pair_loss(args),
-    )
+    """The LossConfig of checked flags (config.derive makes it, with the others)."""
+    return derive(args).loss
 
 
 def same_flop_factor(args: argparse.Namespace) -> float:
@@ -260,6 +221,8 @@ def check_enough(train_set: list[Encoded], batch_size: int, source: str) -> None
 
 
 def load_model_from_args(args: argparse.Namespace, tokenizer, dtype: str) -> torch.nn.Module:
+    """The model of --model_name and its flags (LoRA, dtype, dropout); its attention and executor are the
+    factory's decisions (training/factory.py)."""
     spec = ModelSpec(
         args.model_name,
         pretrain=args.pretrain,
@@ -269,39 +232,12 @@ def load_model_from_args(args: argparse.Namespace, tokenizer, dtype: str) -> tor
         lora_train_new_tokens=not args.lora_freeze_new_tokens,
         dtype=dtype,
         seed=args.finetune_seed,
-        attn_implementation=register_fast_attention() if args.impl == "fast" else "sdpa",
     )
     set_seed(args.finetune_seed)  # rows added for new tokens are random: same seed, same start
     model = load_model(spec, tokenizer)
     if args.dropout is not None:
         set_attention_dropout(model, args.dropout)
-    if args.impl == "fast":
-        check_fast_supported(model)
     return model
-
-
-def register_fast_attention() -> str:
-    """Register the block-causal attention with transformers; returns its attn_implementation name."""
-    try:
-        from llmjepa_kernels import hf_attention
-    except ImportError as e:
-        raise UserError(f"--impl fast needs triton ({e}): pip install 'llmjepa[triton]'") from e
-    hf_attention.register()
-    return hf_attention.ATTENTION_NAME
-
-
-def executor_for(args: argparse.Namespace, pad_token_id: int) -> Executor:
-    if args.impl == "fast":  # --attention_backend: resolved by cli.check_args (None: run_fast's per-device choice)
-        executor = partial(run_fast, pad_token_id=pad_token_id, attention=getattr(args, "attention_backend", None))
-        executor.keywords["kernel_check"] = getattr(args, "kernel_check", "auto")  # llmjepa/execution/kernel_check.py
-    else:
-        executor = partial(run_reference, pad_token_id=pad_token_id)
-    return readout_for(executor, view_config(args))  # --jepa_layer, --entropy_filter: execution.readout
-
-
-def fused_pair_loss(args: argparse.Namespace) -> bool:
-    """The fused JEPA loss kernel with the fast path, where Triton runs: CUDA, or its CPU interpreter."""
-    return args.impl == "fast" and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @dataclass
@@ -311,40 +247,27 @@ class Run:
 
 
 def build_run(args: argparse.Namespace) -> Run:
+    """Load the data and the model the flags name; every other decision (executor, attention backend, tile
+    shapes, fused loss, STP's predictor, layer checks, collator) is JepaTrainer's factory's, as on the
+    library path (training/factory.py)."""
     dtype, checkpointing = resolve_device_defaults(args)
     tokenizer = load_tokenizer(args.model_name)
-    cfg = view_config(args)
+    derived = derive(args)
+    cfg = derived.view
     train_examples, eval_examples, source = load_data(args)
     train_set = encode_split(train_examples, tokenizer, cfg, source)
     eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source) if eval_examples else None
     check_enough(train_set, args.batch_size, source)
-    model = load_model_from_args(args, tokenizer, dtype)
-    prepare_model(args, model)  # STP: --jepa_layer checked, the linear predictor attached (llmjepa/stp.py)
-    if cfg.jepa_layer != -1:
-        check_layer(model, cfg.jepa_layer)
-    predictor_ids = tokenizer.convert_tokens_to_ids(predictor_tokens(args.predictors))
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
-    backend = getattr(args, "attention_backend", None)
-    mixed = mixed_precision_dtype(getattr(args, "training_overrides", {}))  # --bf16/--fp16: what the kernels see
-    # the collator's tile lists: for the dtype the kernels will see
-    kernel_shape = collator_attention_shape(model, backend, mixed) if args.impl == "fast" else None
     trainer = JepaTrainer(
-        model=model,
+        model=load_model_from_args(args, tokenizer, dtype),
         args=training_arguments(args, len(train_set), eval_set is not None, checkpointing),
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=ViewCollator(
-            cfg,
-            predictor_ids,
-            args.jepa_ratio,
-            args.finetune_seed,
-            pack=args.impl == "fast",
-            attention=kernel_shape,
-            keep_rows=args.debug > 0,  # only --debug's printing reads the rows of a packed plan
-        ),
         processing_class=tokenizer,
-        executor=executor_for(args, tokenizer.pad_token_id),
-        loss_config=loss_config(args),
+        view_config=cfg,
+        loss_config=derived.loss,
+        run_options=derived.options,
         metrics_path=metrics_path,
         track_flops=args.track_flop,
     )
@@ -353,7 +276,9 @@ def build_run(args: argparse.Namespace) -> Run:
     if args.eval_accuracy:  # llmjepa-eval's accuracy at each evaluation, logged through trainer.log
         from ..evaluation.callback import add_accuracy_callback
 
-        add_accuracy_callback(trainer, eval_examples, tokenizer, cfg, args)
+        source = args.eval_file or args.data_file or ""
+        samples, new_tokens = args.eval_accuracy_samples, args.eval_accuracy_max_new_tokens
+        add_accuracy_callback(trainer, eval_examples, tokenizer, cfg, source, samples, new_tokens, args.batch_size)
     return Run(trainer, metrics_path)
 
 
@@ -482,7 +407,7 @@ def finish(args: argparse.Namespace, run: Run) -> None:
         [json.loads(line) for line in run.metrics_path.read_text().splitlines()] if run.metrics_path.exists() else []
     )
     plot = Path(args.output_dir) / "loss_curve.png"
-    keys = ("loss", "lm_loss") if args.regular else ("loss", "lm_loss", "jepa_loss")
+    keys = ("loss", "lm_loss") if mode_of(args) is Mode.REGULAR else ("loss", "lm_loss", "jepa_loss")
     name = os.path.basename(os.path.normpath(args.output_dir))
     plotted = plot_curves(plot, {name: records}, keys, "llmjepa-train")  # False: no matplotlib (a note said so)
     shown = f", plot {plot}" if plotted else ""

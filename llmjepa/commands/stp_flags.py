@@ -1,12 +1,12 @@
-"""llmjepa-train's STP flags (upstream stp.py's): the argument group, their checks, and the StpConfig they make."""
+"""llmjepa-train's STP flags (upstream stp.py's; defined in arguments.StpArguments): their checks and the StpConfig
+they make."""
 
 import math
 import os
 from typing import Any
 
 from ..errors import UserError
-from ..execution.stp import lp_weight_from
-from ..views.stp import LENGTH_ADJUSTMENTS, STP_MODES, StpConfig
+from ..views.stp import StpConfig
 
 # ---- flags ----------------------------------------------------------------------------------------------
 RANDOM_SPAN_FLAGS = (
@@ -16,28 +16,6 @@ RANDOM_SPAN_FLAGS = (
     "random_span_draw_both",
     "random_span_uniform",
 )
-
-
-def add_stp_arguments(parser: Any) -> None:
-    g = parser.add_argument_group("STP (upstream stp.py)")
-    g.add_argument("--linear", choices=STP_MODES, default=None, help="Semantic Tube Prediction from view 1 alone")
-    g.add_argument("--linear_predictor", action="store_true", help="a bias-free d x d map on the predictor side")
-    g.add_argument("--load_lp", action="store_true", help="load the linear predictor saved in --model_name")
-    g.add_argument("--lbd_warmup", action="store_true", help="lbd rises linearly from --min_lbd to --lbd")
-    g.add_argument("--min_lbd", type=float, default=0.0)
-    g.add_argument("--length_adjustment", choices=LENGTH_ADJUSTMENTS, default=None, help="random_span weights")
-    g.add_argument("--random_span_zero", action="store_true", help="spans start at the first content token")
-    g.add_argument("--random_span_e2e", action="store_true", help="spans may cover the tokens between the turns")
-    g.add_argument("--random_span_all", action="store_true", help="the user part starts at token 1")
-    g.add_argument("--random_span_max_length", type=int, default=-1, help="longest span (-1: no limit)")
-    g.add_argument("--random_span_times", type=int, default=1, help="spans drawn per example")
-    g.add_argument("--random_span_draw_both", action="store_true", help="draw both span ends at once")
-    g.add_argument("--random_span_uniform", action="store_true", help="spans uniform over all spans")
-    g.add_argument(
-        "--jepa_layer", "--random_span_layer", dest="jepa_layer", type=int, default=-1, help="hidden_states index"
-    )
-    g.add_argument("--random_span_mask", action="store_true", help="refused: no working meaning upstream")
-    g.add_argument("--random_span_mask_recover", action="store_true", help="refused: no working meaning upstream")
 
 
 # Upstream stp.py (6d7d0d1, 2026-02-27) builds the <|mask|> views in forward() but reads them nowhere
@@ -98,6 +76,8 @@ def check_stp_args(args: Any) -> None:
     if args.load_lp and not os.path.isdir(args.model_name):
         raise UserError(f"--load_lp reads the linear predictor from a local --model_name; {args.model_name} is none")
     if args.load_lp:
+        from ..execution.stp import lp_weight_from
+
         lp_weight_from(args.model_name)  # before the model loads: a missing predictor fails in a second
     if args.linear_predictor and args.lora:
         raise UserError("--linear_predictor with --lora: the adapter checkpoint would not hold the predictor")

@@ -14,11 +14,11 @@ import re
 import sys
 import time
 
-from ..distributed import initialized, launched_world_size
 from ..errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
-from ..execution.fast import fast_path_available  # --impl's default (here since 0.1)
 from ..tokens import MAX_PREDICTORS
-from ..views.encoding import ENTROPY_NEEDS_STEPS, ENTROPY_NUMBERS, ISOLATED_NEEDS_STEPS
+
+# torch, transformers and the layers that use them are imported inside the functions that need them, after the
+# flags are parsed: `llmjepa-train --help` and a flag error take a fraction of a second (issue 17).
 
 POSITIVE_INTS = ("batch_size", "grad_accum", "num_epochs", "logging_steps", "eval_steps")
 JEPA_ONLY_FLAGS = (
@@ -34,154 +34,27 @@ JEPA_ONLY_FLAGS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..default_model import DEFAULT_MODEL_NAME
+class OneDefaultFormatter(argparse.HelpFormatter):
+    """Each option's help with its default said once: "(default: X)" added where the help does not say it."""
 
-    p = argparse.ArgumentParser(
-        prog="llmjepa-train", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    data = p.add_argument_group("data (upstream)")
-    data.add_argument("--train_file", help="JSONL in the messages format (default: the bundled arithmetic sample)")
-    data.add_argument("--eval_file")
-    data.add_argument("--data_file", help="one file split into train and eval by --eval_split")
-    data.add_argument("--eval_split", type=float, default=None, help="fraction held out of --data_file (default 0.2)")
-    data.add_argument("--split_seed", type=int, default=42)
-    data.add_argument("--max_length", type=int, default=512)
-    data.add_argument("--plain", action="store_true", help="no chat template: user <|perception|> assistant <|eot_id|>")
-    data.add_argument("--train_all", action="store_true", help="LM labels on every token, not only the answer")
-    model = p.add_argument_group("model (upstream)")
-    model.add_argument(
-        "--model_name",
-        default=DEFAULT_MODEL_NAME,
-        help=f"a local Hugging Face checkpoint, or {DEFAULT_MODEL_NAME} (embedded, no download)",
-    )
-    model.add_argument("--lora", action="store_true")
-    model.add_argument("--lora_rank", type=int, default=16)
-    model.add_argument(
-        "--lora_target_modules",
-        default=None,
-        help="modules LoRA adapts: 'all-linear' or names joined by commas (default: upstream's q,k,v,o,gate,up,down)",
-    )
-    model.add_argument(
-        "--lora_freeze_new_tokens",
-        action="store_true",
-        help="keep the embedding rows of llmjepa's tokens (predictors, added chat markers) frozen under --lora, as "
-        "upstream does (default: they train, through peft's trainable_token_indices)",
-    )
-    model.add_argument("--merge_lora", action="store_true", help="save the final model with the adapters merged")
-    model.add_argument("--pretrain", action="store_true", help="random init from the checkpoint's config")
-    train = p.add_argument_group("training (upstream)")
-    train.add_argument("--output_dir", help="default: a new folder runs/<date>-<time>-<mode>")
-    train.add_argument("--batch_size", type=int, default=4)
-    train.add_argument("--grad_accum", type=int, default=4)
-    train.add_argument("--learning_rate", type=float, default=2e-5)
-    train.add_argument("--num_epochs", type=int, default=3)
-    train.add_argument("--eval_steps", type=int, default=10, help="evaluate every N steps when an eval set exists")
-    train.add_argument("--finetune_seed", "--seed", dest="finetune_seed", type=int, default=42)
-    train.add_argument("--debug", type=int, default=0, help="print every microbatch of the first N optimizer steps")
-    train.add_argument("--track_flop", action="store_true", help="add estimated FLOPs to metrics.jsonl")
-    train.add_argument("--same_flop", action="store_true", help="divide epochs by the views' cost, as upstream")
-    jepa = p.add_argument_group("LLM-JEPA (upstream)")
-    jepa.add_argument("--regular", action="store_true", help="plain SFT: no views")
-    jepa.add_argument("--predictors", type=int, default=0, help="K predictor tokens (per insertion in multi-step mode)")
-    jepa.add_argument("--lbd", type=float, default=None, help="JEPA weight (default 0.1)")
-    jepa.add_argument("--gamma", type=float, default=1.0, help="LM weight")
-    jepa.add_argument("--last_token", type=int, default=-1, help="embedding index relative to the end (-2 for Llama-3)")
-    jepa.add_argument("--additive_mask", action="store_true", help="Text and Code packed in one row")
-    jepa.add_argument("--jepa_l2", action="store_true")
-    jepa.add_argument("--jepa_mse", action="store_true")
-    jepa.add_argument("--infonce", action="store_true")
-    jepa.add_argument("--front_pred", action="store_true")
-    jepa.add_argument("--reverse_pred", action="store_true")
-    jepa.add_argument("--jepa_ratio", type=float, default=-1.0, help="run the views on this fraction of microbatches")
-    steps = p.add_argument_group("multi-step Step-JEPA (train.py fork)")
-    steps.add_argument("--num_prediction_steps", type=int, default=0, help="N step pairs; 0 = view-based LLM-JEPA")
-    steps.add_argument("--no_localized_masks", dest="localized_masks", action="store_false")
-    steps.add_argument("--use_localized_masks", dest="localized_masks", action="store_true", help="(the default)")
-    steps.add_argument("--isolated_predictors", action="store_true", help="predictors as side branches of view 1")
-    steps.add_argument(
-        "--include_last_step_target",
-        dest="include_last_step_target",
-        action="store_true",
-        help="(the default) the answer's end is the last target",
-    )
-    steps.add_argument("--omit_last_step_target", dest="include_last_step_target", action="store_false")
-    steps.add_argument("--view_based_jepa", action="store_true", help="N = 1: user turn's end -> the answer's end")
-    steps.add_argument("--unmask_user", action="store_true", help="LM loss on the user content too")
-    steps.add_argument("--entropy_filter", action="store_true", help="per example, the top-k pairs by entropy")
-    steps.add_argument("--entropy_top_k", type=int, default=2, help="pairs --entropy_filter keeps per example")
-    steps.add_argument("--entropy_context_window", type=int, default=2, help="tokens each side of a boundary")
-    p.set_defaults(localized_masks=True, include_last_step_target=True)
-    ours = p.add_argument_group("llmjepa")
-    ours.add_argument(
-        "--step_separator", default="\n\n", help="text that ends a reasoning step (backslash escapes: '\\n')"
-    )
-    ours.add_argument(
-        "--upstream_labels",
-        action="store_true",
-        help="upstream's effective labels: every token but the pad id (pad = eos)",
-    )
-    ours.add_argument(
-        "--additive_mask_positions",
-        choices=["continue", "reset"],
-        default="continue",
-        help="Code's positions under --additive_mask: continue after Text (upstream) or restart at 0",
-    )
-    ours.add_argument(
-        "--impl",
-        choices=["reference", "fast"],
-        default=None,
-        help="executor of the views: reference (padded rows, dense masks, upstream semantics) or fast (one "
-        "packed stream, Triton attention on CUDA, its PyTorch form on the CPU); default: fast, except on CUDA "
-        "without Triton",
-    )
-    ours.add_argument(
-        "--attention_backend",
-        choices=["triton", "flex", "torch"],
-        default=None,
-        help="--impl fast's attention: the Triton kernel, torch's FlexAttention (trains on CUDA only) or the "
-        "PyTorch form; default: triton on CUDA, torch on the CPU",
-    )
-    ours.add_argument(
-        "--kernel_check",
-        choices=["auto", "strict", "off"],
-        default="auto",
-        help="--impl fast on CUDA: before the first step, the attention backend against the PyTorch form on a "
-        "small layout at the run's dtype and heads (verdict cached per device and versions). auto: on a mismatch "
-        "one line, then the PyTorch form; strict: stop with exit status 4; off: no check",
-    )
-    ours.add_argument("--max_train_steps", type=int, default=-1)
-    ours.add_argument("--logging_steps", type=int, default=1)
-    ours.add_argument("--save_steps", type=int, default=0, help="checkpoint every N steps (0: every epoch)")
-    ours.add_argument(
-        "--dataloader_num_workers",
-        type=int,
-        default=None,
-        help="worker processes that collate and pack microbatches; default 2 with CUDA, 0 on the CPU",
-    )
-    ours.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'latest' in --output_dir")
-    ours.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="weights' dtype; auto = bfloat16 on CUDA (as upstream), float32 on CPU",
-    )
-    ours.add_argument(
-        "--gradient_checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="default: on with CUDA (as upstream), off on CPU",
-    )
-    ours.add_argument("--dropout", type=float, default=None, help="override the model's attention dropout")
-    ours.add_argument("--eval_accuracy", action="store_true", help="generation accuracy at each evaluation")
-    ours.add_argument("--eval_accuracy_samples", type=int, default=32, help="eval examples it generates for")
-    ours.add_argument("--eval_accuracy_max_new_tokens", type=int, default=128)
-    from .stp_flags import add_stp_arguments
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.nargs == 0 and action.default is False:  # a switch: off unless given
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
 
-    add_stp_arguments(p)  # group "STP (upstream stp.py)": --linear and its flags (llmjepa/stp.py)
-    from .hf_args import add_training_arguments
 
-    add_training_arguments(p)  # last: every TrainingArguments field no flag above is, and --config (hf_args.py)
+def build_parser(help_only: bool = False) -> argparse.ArgumentParser:
+    """llmjepa-train's flags: the dataclasses of commands/arguments.py through HfArgumentParser, then every
+    TrainingArguments field and --config (hf_args.py). help_only: the TrainingArguments group read from
+    transformers' source (for --help, no torch import) rather than from TrainingArguments itself."""
+    from .arguments import flag_parser
+    from .hf_args import add_training_arguments, training_fields_from_source
+
+    p = flag_parser(prog="llmjepa-train", description=__doc__.split("\n")[0], formatter_class=OneDefaultFormatter)
+    add_training_arguments(p, training_fields_from_source() if help_only else None)  # last: the fields no flag is
     return p
 
 
@@ -202,6 +75,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.lbd is None:
         args.lbd = 0.1
     if args.impl is None:
+        from ..execution.fast import fast_path_available  # --impl's default, as the library's (training/factory.py)
+
         args.impl = "fast" if fast_path_available() else "reference"
     args.attention_backend = attention_backend_choice(args)
     if sum([args.jepa_l2, args.jepa_mse, args.infonce]) > 1:
@@ -220,6 +95,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         if bad:
             raise UserError(f"{', '.join(bad)} apply to view-based LLM-JEPA, not --num_prediction_steps")
     elif args.isolated_predictors:
+        from ..views.encoding import ISOLATED_NEEDS_STEPS
+
         raise UserError(ISOLATED_NEEDS_STEPS)
     elif not args.localized_masks or not args.include_last_step_target:
         raise UserError("--no_localized_masks and --omit_last_step_target need --num_prediction_steps >= 1")
@@ -237,6 +114,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def check_fork_extras(args: argparse.Namespace) -> None:
     """The Step-JEPA fork's --view_based_jepa (its N = 1) and --entropy_filter's numbers."""
+    from ..views.encoding import ENTROPY_NEEDS_STEPS, ENTROPY_NUMBERS
+
     if args.view_based_jepa:
         if args.num_prediction_steps > 1:
             raise UserError(
@@ -362,10 +241,15 @@ def default_output_dir(args: argparse.Namespace) -> str:
     """runs/<date>-<time>-<mode>, a folder no earlier run wrote (runs/ is git-ignored)."""
     if args.resume_from_checkpoint == "latest":
         raise UserError("--resume_from_checkpoint latest needs --output_dir (by default every run gets a new folder)")
+    from ..distributed import launched_world_size
+
     if launched_world_size() > 1:
         raise UserError("under torchrun give --output_dir: each rank would pick its own default folder")
-    steps = args.num_prediction_steps
-    mode = "regular" if args.regular else f"step-jepa-n{steps}" if steps else "jepa"
+    from .config import Mode, mode_of
+
+    mode = {Mode.REGULAR: "regular", Mode.STEP_JEPA: f"step-jepa-n{args.num_prediction_steps}"}.get(
+        mode_of(args), "jepa"
+    )
     base = os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{mode}")
     path, n = base, 1
     while os.path.exists(path):
@@ -396,9 +280,11 @@ def attention_backend_choice(args: argparse.Namespace) -> str | None:
         if chosen is not None:
             raise UserError(f"--attention_backend {chosen} applies to --impl fast; this run is --impl {args.impl}")
         return None
+    from ..execution.fast import default_attention_backend
+
     cuda = torch.cuda.is_available()
-    if chosen is None:
-        return "triton" if cuda else "torch"
+    if chosen is None:  # training on the CPU (--use_cpu) beside a GPU: the PyTorch form
+        return default_attention_backend(bool(getattr(args, "training_overrides", {}).get("use_cpu")))
     if chosen == "flex" and not cuda:
         raise UserError(
             "--attention_backend flex trains on CUDA only: torch's FlexAttention has no backward on the CPU"
@@ -416,6 +302,8 @@ def unescape(text: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from .hf_args import parse_with_config  # --config FILE.yaml; TrainingArguments fields -> args.training_overrides
 
+    if any(arg in ("-h", "--help") for arg in (sys.argv[1:] if argv is None else argv)):
+        build_parser(help_only=True).parse_args(argv)  # prints the help and exits, torch never imported
     return check_args(parse_with_config(build_parser(), argv))
 
 
@@ -446,6 +334,10 @@ def exit_torchrun_worker() -> None:
     worker now and then after all its work was done ("terminate called without an active exception",
     exit -6; 2 of 2 CI runs on 2026-11-24, one with the process group destroyed first), and torchrun
     then fails the whole launch."""
+    if "torch" not in sys.modules:  # nothing was trained (a flag error, --help): no process group
+        return
+    from ..distributed import initialized
+
     if not initialized():
         return
     sys.stdout.flush()

@@ -78,23 +78,28 @@ class GenerationAccuracyCallback(TrainerCallback):
 
 
 def add_accuracy_callback(
-    trainer: Trainer, eval_examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, args
+    trainer: Trainer,
+    eval_examples: list[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: ViewConfig,
+    source: str,
+    samples: int,
+    max_new_tokens: int,
+    batch_size: int,
 ) -> None:
-    """Called from run.build_run when --eval_accuracy is given."""
+    """Called from run.build_run when --eval_accuracy is given: generation accuracy on the first `samples`
+    eval examples (from the file `source`, whose name picks the scorer) at each evaluation."""
     if not eval_examples:
         raise UserError("--eval_accuracy needs an eval set: --eval_file, or --data_file with --eval_split")
-    if args.eval_accuracy_samples < 1 or args.eval_accuracy_max_new_tokens < 1:
+    if samples < 1 or max_new_tokens < 1:
         raise UserError("--eval_accuracy_samples and --eval_accuracy_max_new_tokens must be >= 1")
-    source = args.eval_file or args.data_file or ""
     scorer = scorer_for(source)
     if scorer == "spider":
         raise UserError("--eval_accuracy: spider needs its databases; score checkpoints with llmjepa-eval")
-    examples = eval_examples[: args.eval_accuracy_samples]
+    examples = eval_examples[:samples]
     if scorer == "gsm8k":
         bad = next((ex for ex in examples if gsm8k_answer(ex.assistant) is None), None)
         if bad is not None:
             raise UserError(f"{bad.source}: gsm8k scoring needs the answer to end with a '\\n#### ' line")
-    callback = GenerationAccuracyCallback(
-        trainer, examples, tokenizer, cfg, scorer, args.eval_accuracy_max_new_tokens, args.batch_size
-    )
+    callback = GenerationAccuracyCallback(trainer, examples, tokenizer, cfg, scorer, max_new_tokens, batch_size)
     trainer.add_callback(callback)

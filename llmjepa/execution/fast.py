@@ -71,6 +71,13 @@ def attention_backend(device: torch.device) -> str:
     return "auto" if device.type == "cuda" else "torch"
 
 
+def default_attention_backend(use_cpu: bool = False) -> str:
+    """--attention_backend's default, for the CLI and the library alike: the Triton kernel where training runs
+    on CUDA, the PyTorch form on the CPU (use_cpu: TrainingArguments.use_cpu; the interpreter is for kernel
+    tests)."""
+    return "triton" if torch.cuda.is_available() and not use_cpu else "torch"
+
+
 MIXED_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}  # TrainingArguments field -> autocast dtype
 
 

@@ -101,16 +101,18 @@ def lbd_at(cfg: StpConfig, step: int, max_steps: int) -> float:
     return cfg.min_lbd + (cfg.lbd - cfg.min_lbd) * step / (max_steps - 1)
 
 
-def stp_plan_losses(trainer: Any, model: nn.Module, plan: Any, label_tokens: int, terms: int) -> tuple:
-    """JepaTrainer.plan_losses for a plan with STP terms: (loss, ce_sum, jepa_sum, cosines, tokens run)."""
-    cfg = trainer.loss_config
-    out = trainer.executor(model, plan)
+def stp_plan_losses(
+    executor: Any, model: nn.Module, plan: Any, label_tokens: int, terms: int, gamma: float, step: int, max_steps: int
+) -> tuple:
+    """JepaTrainer.plan_losses for a plan with STP terms: (loss, ce_sum, jepa_sum, cosines, tokens run, lbd).
+    lbd: the weight this step's JEPA term had (--lbd_warmup's at `step` of `max_steps`), returned for the step's
+    record rather than written into the shared LossConfig."""
+    out = executor(model, plan)
     lm = out.ce_sum / max(label_tokens, 1)
     jepa_sum, cos = stp_loss_sum(out, plan, model)
-    lbd = lbd_at(plan.stp.config, trainer.state.global_step, trainer.state.max_steps)
-    cfg.lbd = lbd  # the step's record (finish_step) weighs its JEPA loss by the lbd in use
-    loss = cfg.gamma * lm + lbd * jepa_sum / max(terms, 1)
-    return loss, out.ce_sum, jepa_sum, cos, out.hidden.shape[0]
+    lbd = lbd_at(plan.stp.config, step, max_steps)
+    loss = gamma * lm + lbd * jepa_sum / max(terms, 1)
+    return loss, out.ce_sum, jepa_sum, cos, out.hidden.shape[0], lbd
 
 
 # ---- the linear predictor -------------------------------------------------------------------------------
@@ -176,12 +178,3 @@ def check_layer(model: nn.Module, layer: int) -> None:
     n = base_model(model).config.num_hidden_layers + 1  # hidden_states: the embeddings, then each layer
     if not -n <= layer < n:
         raise UserError(f"--jepa_layer {layer}: the model's hidden_states have {n} entries ({-n}..{n - 1})")
-
-
-def prepare_model(args: Any, model: nn.Module) -> None:
-    """What STP adds to the model before the trainer is built: the layer check and the linear predictor."""
-    if getattr(args, "linear", None) is None:
-        return
-    check_layer(model, args.jepa_layer)
-    if args.linear_predictor:
-        attach_linear_predictor(model, args.finetune_seed, args.model_name if args.load_lp else None)

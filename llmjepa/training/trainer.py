@@ -39,7 +39,9 @@ class LossConfig:
     jepa_ratio: float = -1.0  # > 0: each microbatch runs its views with this probability
     seed: int = 42
     debug: int = 0  # print every microbatch of the first `debug` optimizer steps
-    fused_pair_loss: bool = False  # cosine/l2/mse through llmjepa_kernels' fused kernel (needs Triton)
+    # cosine/l2/mse through llmjepa_kernels' fused kernel (needs Triton); None: the factory decides (the fast
+    # path where Triton runs: training/factory.py)
+    fused_pair_loss: bool | None = None
 
 
 @dataclass
@@ -57,11 +59,19 @@ class StepStats:
     tokens_run: int = 0  # positions the executor ran: padded rows (reference) or the packed stream (fast)
     rows: int = 0
     microbatches: int = 0
+    lbd: float | None = None  # the JEPA weight the step's plans returned (STP's --lbd_warmup); None: LossConfig's
     started: float = field(default_factory=time.perf_counter)
 
     def add(
-        self, plan: ViewPlan, ce_sum: torch.Tensor, jepa_sum: torch.Tensor, cos_sum: torch.Tensor, tokens_run: int
+        self,
+        plan: ViewPlan,
+        ce_sum: torch.Tensor,
+        jepa_sum: torch.Tensor,
+        cos_sum: torch.Tensor,
+        tokens_run: int,
+        lbd: float | None = None,
     ) -> None:
+        self.lbd = lbd
         sums = torch.stack([x.detach().reshape(()) for x in (ce_sum, jepa_sum, cos_sum)])
         sums = sums.to(sum_dtype(sums.device))
         self.device_sums = sums if self.device_sums is None else self.device_sums + sums
@@ -110,8 +120,12 @@ class EvalSums:
     device_sums: torch.Tensor | None = None  # (3,): ce_sum, jepa_sum, cos_sum
     label_tokens: int = 0
     pairs: int = 0
+    lbd: float | None = None  # the JEPA weight the plans returned (STP's --lbd_warmup); None: LossConfig's
 
-    def add(self, plan: ViewPlan, ce_sum: torch.Tensor, jepa_sum: torch.Tensor, cos: torch.Tensor | None) -> None:
+    def add(
+        self, plan: ViewPlan, ce_sum: torch.Tensor, jepa_sum: torch.Tensor, cos: torch.Tensor | None, lbd: float
+    ) -> None:
+        self.lbd = lbd
         cos_sum = cos.sum() if cos is not None else ce_sum.new_zeros(())
         sums = torch.stack([x.detach().reshape(()) for x in (ce_sum, jepa_sum, cos_sum)])
         sums = sums.to(sum_dtype(sums.device))
@@ -131,7 +145,8 @@ class EvalSums:
         if pairs:
             out.update(jepa_loss=jepa / pairs, mean_cos=cos / pairs)
         jepa_loss = out.get("jepa_loss", 0.0)
-        out["loss"] = lm_loss if cfg.regular else cfg.gamma * lm_loss + cfg.lbd * jepa_loss
+        lbd = cfg.lbd if self.lbd is None else self.lbd
+        out["loss"] = lm_loss if cfg.regular else cfg.gamma * lm_loss + lbd * jepa_loss
         return out
 
 
@@ -151,18 +166,20 @@ class JepaTrainer(Trainer):
         loss_config: LossConfig | None = None,
         view_config: Any = None,
         peft_config: Any = None,
+        run_options: Any = None,
         metrics_path: Path | None = None,
         track_flops: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Trainer's arguments, and: executor, loss_config, view_config (views.ViewConfig), peft_config;
-        each made when not given, and datasets of {"messages": [...]} rows tokenized (factory.py)."""
-        from .factory import library_defaults, trainer_keywords
+        """Trainer's arguments, and: executor, loss_config, view_config (views.ViewConfig), peft_config,
+        run_options (factory.RunOptions: llmjepa-train's --impl, --attention_backend, ...); what is not given is
+        decided in factory.decide, for the library and the CLI alike, and datasets of {"messages": [...]} rows
+        are tokenized there."""
+        from .factory import decide, trainer_keywords
 
         loss_config = LossConfig() if loss_config is None else loss_config
-        kwargs, loss_config, executor = library_defaults(
-            trainer_keywords(args, kwargs), loss_config, view_config, peft_config, executor
-        )
+        decided = decide(trainer_keywords(args, kwargs), loss_config, view_config, peft_config, executor, run_options)
+        kwargs, loss_config, executor = decided.kwargs, decided.loss_config, decided.executor
         super().__init__(**kwargs)
         # transformers 5.17 and 5.18 have no loss_is_scaled_for_ga: their training_step divides the loss (and so
         # the gradient) by gradient accumulation unless model_accepts_loss_kwargs, as get_batch_samples always
@@ -196,21 +213,23 @@ class JepaTrainer(Trainer):
         return batches, int(tokens)  # a host int: a tensor made on the device here would be a blocking upload
 
     def plan_losses(self, model: torch.nn.Module, plan: ViewPlan, label_tokens: int, pairs: int) -> tuple:
-        """(loss, ce_sum, jepa_sum, per-pair cosines or None, tokens run) of one plan, normalized by the
-        step totals."""
-        if plan.stp is not None:  # --linear (STP): the JEPA term reads view 1's hidden rows (llmjepa/stp.py)
+        """(loss, ce_sum, jepa_sum, per-pair cosines or None, tokens run, lbd) of one plan, normalized by the
+        step totals; lbd: the JEPA weight used (LossConfig's, or STP's warm-up value at this step)."""
+        cfg = self.loss_config
+        if plan.stp is not None:  # --linear (STP): the JEPA term reads view 1's hidden rows (execution/stp.py)
             from ..execution.stp import stp_plan_losses
 
-            return stp_plan_losses(self, model, plan, label_tokens, pairs)
-        cfg = self.loss_config
+            step, max_steps = self.state.global_step, self.state.max_steps
+            return stp_plan_losses(self.executor, model, plan, label_tokens, pairs, cfg.gamma, step, max_steps)
         out: Executed = self.executor(model, plan)
         lm = out.ce_sum / max(label_tokens, 1)
         tokens_run = out.hidden.shape[0]
         if plan.n_pairs == 0:
-            return (lm if cfg.regular else cfg.gamma * lm), out.ce_sum, out.ce_sum.new_zeros(()), None, tokens_run
+            lm_only = lm if cfg.regular else cfg.gamma * lm
+            return lm_only, out.ce_sum, out.ce_sum.new_zeros(()), None, tokens_run, cfg.lbd
         jepa_sum, cos = self.pair_loss_sum(out)
         loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
-        return loss, out.ce_sum, jepa_sum, cos, tokens_run
+        return loss, out.ce_sum, jepa_sum, cos, tokens_run, cfg.lbd
 
     def pair_loss_sum(self, out: Executed) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of the JEPA terms over the plan's pairs, per-pair cosines): fused kernel or PyTorch."""
@@ -230,13 +249,13 @@ class JepaTrainer(Trainer):
     ) -> Any:
         plan: ViewPlan = inputs["plan"]
         if not model.training:  # evaluation: this microbatch alone; the set's sums for evaluation_loop's metrics
-            loss, ce_sum, jepa_sum, cos, _ = self.plan_losses(model, plan, plan.label_tokens, plan.n_pairs)
-            self.eval_sums.add(plan, ce_sum, jepa_sum, cos)
+            loss, ce_sum, jepa_sum, cos, _, lbd = self.plan_losses(model, plan, plan.label_tokens, plan.n_pairs)
+            self.eval_sums.add(plan, ce_sum, jepa_sum, cos, lbd)
             return (loss, None) if return_outputs else loss
         label_tokens, pairs = self.step_totals
-        loss, ce_sum, jepa_sum, cos, tokens_run = self.plan_losses(model, plan, label_tokens, pairs)
+        loss, ce_sum, jepa_sum, cos, tokens_run, lbd = self.plan_losses(model, plan, label_tokens, pairs)
         cos_sum = cos.sum() if cos is not None else ce_sum.new_zeros(())
-        self.stats.add(plan, ce_sum, jepa_sum, cos_sum, tokens_run)  # on the device: no sync here
+        self.stats.add(plan, ce_sum, jepa_sum, cos_sum, tokens_run, lbd)  # on the device: no sync here
         self.maybe_print_debug(plan, ce_sum, loss, cos)
         # DDP averages gradients over ranks; our loss is this rank's share of the global sum.
         loss = loss * world_size()
@@ -295,7 +314,8 @@ class JepaTrainer(Trainer):
         cfg = self.loss_config
         lm_loss = ce / max(label_tokens, 1)
         jepa_loss = jepa / pairs if pairs else 0.0
-        loss = lm_loss if cfg.regular else cfg.gamma * lm_loss + cfg.lbd * jepa_loss
+        lbd = cfg.lbd if s.lbd is None else s.lbd  # STP's warm-up: the weight its plans returned this step
+        loss = lm_loss if cfg.regular else cfg.gamma * lm_loss + lbd * jepa_loss
         seconds = time.perf_counter() - s.started
         self.history.append(
             {
