@@ -15,7 +15,7 @@ import sys
 import time
 
 from ..distributed import initialized, launched_world_size
-from ..errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
+from ..errors import EXIT_NOT_FINITE, EXIT_SAVE_FAILED, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
 from ..execution.fast import fast_path_available  # --impl's default (here since 0.1)
 from ..tokens import MAX_PREDICTORS
 from ..views.encoding import ENTROPY_NEEDS_STEPS, ENTROPY_NUMBERS, ISOLATED_NEEDS_STEPS
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="--impl fast on CUDA: before the first step, the attention backend against the PyTorch form on a "
         "small layout at the run's dtype and heads (verdict cached per device and versions). auto: on a mismatch "
-        "one line, then the PyTorch form; strict: stop with exit status 4; off: no check",
+        "one line, then the PyTorch form; strict: stop with exit status 5; off: no check",
     )
     ours.add_argument("--max_train_steps", type=int, default=-1)
     ours.add_argument("--logging_steps", type=int, default=1)
@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .stp_flags import add_stp_arguments
 
     add_stp_arguments(p)  # group "STP (upstream stp.py)": --linear and its flags (llmjepa/stp.py)
+    from .run_folder import add_run_folder_arguments
+
+    add_run_folder_arguments(p)  # --overwrite_output_dir, --allow_changed_flags, --drop_long_prompts
     from .hf_args import add_training_arguments
 
     add_training_arguments(p)  # last: every TrainingArguments field no flag above is, and --config (hf_args.py)
@@ -317,7 +320,12 @@ def check_model_name(name: str) -> None:
     be reached for. Otherwise fail now, in a second, rather than after the Hub client's retries."""
     from ..default_model import DEFAULT_MODEL_NAME
 
-    if name == DEFAULT_MODEL_NAME or os.path.isdir(name):
+    if name == DEFAULT_MODEL_NAME:
+        return
+    if os.path.isdir(name):
+        from .file_checks import check_model_folder
+
+        check_model_folder(name)  # truncated or damaged weights: one line now, not a traceback after loading
         return
     # a local path (a Hub id "org/name" never starts with "." or "~"): say so, rather than let the Hub
     # client report an invalid repo id or try the network
@@ -430,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmjepa-train: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingStopped as e:
-        prefix = "error: " if e.exit_code == EXIT_NOT_FINITE else ""
+        prefix = "error: " if e.exit_code in (EXIT_NOT_FINITE, EXIT_SAVE_FAILED) else ""
         print(f"llmjepa-train: {prefix}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C while loading or writing the final files (during training a handler takes it)
