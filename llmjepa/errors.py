@@ -1,5 +1,7 @@
 """User-facing errors: one line, no traceback, non-zero exit (see cli.main)."""
 
+EXIT_OK = 0  # done (also: the checkpoint resumed had finished, and a line said so)
+EXIT_BUG = 1  # an exception llmjepa did not expect (Python's own status, with its traceback): a bug to report
 EXIT_USER_ERROR = 2  # bad input or flags, found before training (also: --output_dir in use by another run,
 #                      a checkpoint of another run, truncated or corrupt weights or trainer state)
 EXIT_NOT_FINITE = 3  # training stopped at a non-finite loss, JEPA term or gradient norm

@@ -206,6 +206,8 @@ def config_value(action: argparse.Action, value: Any, where: str) -> Any:
     takes_bool_text = getattr(action.type, "__name__", "") == "parse_bool"  # --drop_long_prompts
     if isinstance(value, bool) and action.type not in (None, str) and not takes_bool_text:
         raise UserError(f"{where}: expected {expected_kind(action)}, got {yaml_kind(value)}")
+    if isinstance(value, float) and action.type is int:
+        raise UserError(f"{where}: expected an integer, got {yaml_kind(value)}")
     if isinstance(value, (bool, int, float)) and action.type in (None, str) and action.choices is None:
         raise UserError(f"{where}: expected a string, got {yaml_kind(value)} (quote it to mean the text)")
     if isinstance(value, list):
