@@ -203,8 +203,7 @@ def config_value(action: argparse.Action, value: Any, where: str) -> Any:
         if not takes_mapping(action):
             raise UserError(f"{where}: expected {expected_kind(action)}, got a mapping")
         return value if action.type in (None, str) else json.dumps(value)
-    takes_bool_text = getattr(action.type, "__name__", "") == "parse_bool"  # --drop_long_prompts
-    if isinstance(value, bool) and action.type not in (None, str) and not takes_bool_text:
+    if isinstance(value, bool) and action.type not in (None, str) and not takes_booleans(action):
         raise UserError(f"{where}: expected {expected_kind(action)}, got {yaml_kind(value)}")
     if isinstance(value, float) and action.type is int:
         raise UserError(f"{where}: expected an integer, got {yaml_kind(value)}")
@@ -215,6 +214,14 @@ def config_value(action: argparse.Action, value: Any, where: str) -> Any:
             raise UserError(f"{where}: expected {expected_kind(action)}, got a list")
         return [config_value(action, item, where) for item in value]
     return convert(action, value, where)
+
+
+def takes_booleans(action: argparse.Action) -> bool:
+    """A flag whose type reads "true" as True (--bf16's string_to_bool, --drop_long_prompts)."""
+    try:
+        return action.type("true") is True
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        return False
 
 
 def expected_kind(action: argparse.Action) -> str:
