@@ -120,7 +120,8 @@ def test_fewer_examples_than_a_batch(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_prompt_longer_than_max_length_names_the_example(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     long_user = {"role": "user", "content": "What is " + " + ".join(["1"] * 40) + "?"}
     data = write_jsonl(tmp_path / "data.jsonl", [GOOD, conversation(long_user, ANSWER), GOOD])
-    rc, _, err = run_cli(capsys, "--train_file", data, "--max_length", "64", "--output_dir", tmp_path / "out", *TRAIN)
+    flags = ["--max_length", "64", "--drop_long_prompts", "false"]  # by default dropped (tests/test_faults.py)
+    rc, _, err = run_cli(capsys, "--train_file", data, *flags, "--output_dir", tmp_path / "out", *TRAIN)
     assert_one_line_error(rc, err, f"{data}:2:", "--max_length 64")
 
 
@@ -150,7 +151,7 @@ def test_truncation_is_counted_and_training_runs(tmp_path: Path, capsys: pytest.
     lines = [GOOD] * 6 + [conversation(SYSTEM, USER, long_answer)] * 3  # 49 and 394 tokens
     data = write_jsonl(tmp_path / "long.jsonl", lines)
     for mode in (["--regular"], ["--predictors", "1"], ["--num_prediction_steps", "2"]):
-        out = tmp_path / "out"
+        out = tmp_path / f"out{len(mode)}{mode[0]}"  # a folder per run: a new run refuses another's checkpoints
         rc, stdout, err = run_cli(
             capsys, "--train_file", data, "--max_length", "64", "--output_dir", out, *TRAIN, *mode
         )

@@ -4,7 +4,7 @@ The Triton kernel runs here under the interpreter (fp32 and fp16; bf16 is not ch
 wrong forward (output off by 2%), a wrong backward (dK off by 5%, forward right), a NaN and a kernel that
 raises must each be caught; the right kernel must pass. The fast path's hook (checked_backend, which
 checks on CUDA only by policy: the tests add "cpu") falls back to the PyTorch form with one line, stops
-under strict (exit status 4 from llmjepa-train), skips under off and on a device it does not check, and
+under strict (exit status 5 from llmjepa-train), skips under off and on a device it does not check, and
 reads a cached verdict instead of computing it again.
 """
 
@@ -170,7 +170,7 @@ def test_strict_stops(monkeypatch, checks_cpu) -> None:
     monkeypatch.setattr(hf_attention, "block_causal_attention", wrong_backward)
     with pytest.raises(KernelCheckFailed, match=r"dk error .* > bound .*--kernel_check strict") as stopped:
         checked_backend("triton", TinyModel(), torch.device("cpu"), "strict")
-    assert stopped.value.exit_code == EXIT_KERNEL_CHECK == 4
+    assert stopped.value.exit_code == EXIT_KERNEL_CHECK == 5
 
 
 def test_off_and_unchecked_devices_skip(monkeypatch, checks_cpu) -> None:
@@ -205,13 +205,13 @@ def test_a_cached_verdict_is_not_recomputed(monkeypatch, tmp_path, checks_cpu) -
     assert checked_backend("triton", TinyModel(), torch.device("cpu")) == "torch" and len(calls) == 2
 
 
-def test_llmjepa_train_strict_exits_4(monkeypatch, tmp_path, capsys, checks_cpu) -> None:
+def test_llmjepa_train_strict_exits_5(monkeypatch, tmp_path, capsys, checks_cpu) -> None:
     from llmjepa.commands.train import main
 
     monkeypatch.setattr(hf_attention, "block_causal_attention", wrong_forward)
     argv = ["--impl", "fast", "--attention_backend", "triton", "--kernel_check", "strict", "--dtype", "float32"]
     argv += ["--max_train_steps", "1", "--batch_size", "1", "--output_dir", str(tmp_path / "run")]
-    assert main(argv) == 4
+    assert main(argv) == 5
     err = capsys.readouterr().err
     assert "kernel self-check: triton attention on cpu (fp32, 4/2 heads" in err and "stopping" in err
 

@@ -436,6 +436,7 @@ def test_content_not_found(tmp_path: Path, capsys: pytest.CaptureFixture):
     lines = [{"messages": [{"role": "user", "content": long_user}, {"role": "assistant", "content": "ok"}]}] * 4
     data.write_text("".join(json.dumps(x) + "\n" for x in lines))
     argv = [*BASE, "--linear", "e2e", "--train_file", str(data), "--max_length", "64", "--max_train_steps", "1"]
+    argv += ["--drop_long_prompts", "false"]  # the prompt fills --max_length: refused naming the line, not dropped
     assert main([*argv, "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{data}:1" in err[0] and "content" in err[0]

@@ -187,7 +187,7 @@ class LlmjepaArguments:
                 "--impl fast on CUDA: before the first step, the attention backend against the PyTorch "
                 "form on a small layout at the run's dtype and heads (verdict cached per device and "
                 "versions). auto: on a mismatch one line, then the PyTorch form; strict: stop with exit "
-                "status 4; off: no check"
+                "status 5; off: no check"
             )
         },
     )
@@ -249,6 +249,37 @@ class StpArguments:
     random_span_mask_recover: bool = field(default=False, metadata={"help": "refused: no working meaning upstream"})
 
 
+@dataclass
+class RunFolderArguments:
+    """One run per output folder, resumes of the same run, long prompts (group 'run integrity'; docs/faults.md)."""
+
+    _argument_group_name = "run integrity (docs/faults.md)"
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "a new run in a folder holding another run's checkpoints: delete those checkpoints (and run.json, "
+                "metrics.jsonl) first; without it such a folder is refused"
+            )
+        },
+    )
+    allow_changed_flags: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "resume a checkpoint although flags, data or model that change the run differ; the differences "
+                "are recorded in metrics.jsonl and run.json"
+            )
+        },
+    )
+    drop_long_prompts: bool = field(
+        default=True,
+        metadata={
+            "help": "drop (and count) an example whose prompt alone fills --max_length; false: refuse it (exit 2)"
+        },
+    )
+
+
 ARGUMENT_CLASSES = (
     DataArguments,
     ModelArguments,
@@ -257,6 +288,7 @@ ARGUMENT_CLASSES = (
     StepJepaArguments,
     LlmjepaArguments,
     StpArguments,
+    RunFolderArguments,
 )
 
 

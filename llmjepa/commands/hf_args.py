@@ -275,6 +275,7 @@ def read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict) or root is None or not isinstance(root, yaml.MappingNode):
         raise UserError(f"{path}: expected `name: value` lines (a YAML mapping)")
+    check_duplicate_keys(root, path)
     lines = {str(key.value): key.start_mark.line + 1 for key, _ in root.value}
     actions = {}
     for action in parser._actions:
@@ -290,21 +291,80 @@ def read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     return settings
 
 
+def check_duplicate_keys(node: Any, path: Path) -> None:
+    """YAML takes the last of two equal keys without a word; a config that sets a flag twice is refused."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name, line = str(key.value), key.start_mark.line + 1
+            if name in seen:
+                raise UserError(f"{path} line {line}: {name!r} is set twice (also on line {seen[name]})")
+            seen[name] = line
+            check_duplicate_keys(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            check_duplicate_keys(item, path)
+
+
+def takes_mapping(action: argparse.Action) -> bool:
+    """TrainingArguments fields that accept a dict (typed str, read as JSON or a dict by transformers)."""
+    name = action.dest[len(PREFIX) :] if action.dest.startswith(PREFIX) else None
+    return name is not None and (name.endswith(("_kwargs", "_config")) or name == "deepspeed")
+
+
+def yaml_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    return "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else type(value).__name__
+
+
 def config_value(action: argparse.Action, value: Any, where: str) -> Any:
     """A YAML value as the flag's parsed value: booleans for switches, the flag's type (and choices) otherwise;
-    mappings pass as they are (fsdp_config, lr_scheduler_kwargs, deepspeed)."""
+    mappings only for the fields that take one (fsdp_config, lr_scheduler_kwargs, deepspeed, ...). A value of
+    another YAML type than the flag's (a mapping for a path, a boolean for a number) is refused in one line."""
     switch = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
     if isinstance(action, switch) or getattr(action.type, "__name__", None) == "string_to_bool":  # HfArgumentParser
         if not isinstance(value, bool):
             raise UserError(f"{where}: expected true or false, got {value!r}")
         return not value if isinstance(action, argparse._StoreFalseAction) else value
+    if value is None:
+        if action.default is None:
+            return None
+        raise UserError(f"{where}: expected a value, got null (leave the line out for the default)")
     if isinstance(value, dict):
+        if not takes_mapping(action):
+            raise UserError(f"{where}: expected {expected_kind(action)}, got a mapping")
         return value if action.type in (None, str) else json.dumps(value)
+    if isinstance(value, bool) and action.type not in (None, str) and not takes_booleans(action):
+        raise UserError(f"{where}: expected {expected_kind(action)}, got {yaml_kind(value)}")
+    if isinstance(value, float) and action.type is int:
+        raise UserError(f"{where}: expected an integer, got {yaml_kind(value)}")
+    if isinstance(value, (bool, int, float)) and action.type in (None, str) and action.choices is None:
+        raise UserError(f"{where}: expected a string, got {yaml_kind(value)} (quote it to mean the text)")
     if isinstance(value, list):
         if action.nargs not in ("+", "*"):
-            raise UserError(f"{where}: expected one value, got a list")
-        return [convert(action, item, where) for item in value]
+            raise UserError(f"{where}: expected {expected_kind(action)}, got a list")
+        return [config_value(action, item, where) for item in value]
     return convert(action, value, where)
+
+
+def takes_booleans(action: argparse.Action) -> bool:
+    """A flag whose type reads "true" as True (--bf16's string_to_bool, --drop_long_prompts)."""
+    try:
+        return action.type("true") is True
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        return False
+
+
+def expected_kind(action: argparse.Action) -> str:
+    kinds = {int: "an integer", float: "a number"}
+    return kinds.get(action.type, "a string" if action.type in (None, str) else "one value")
 
 
 def convert(action: argparse.Action, value: Any, where: str) -> Any:

@@ -7,21 +7,24 @@ import os
 import shlex
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import TrainingArguments, set_seed
 
 from ..distributed import barrier, is_main_process, launched_world_size
-from ..errors import EXIT_NOT_FINITE, NonFiniteLoss, TrainingStopped, UserError
+from ..errors import EXIT_NOT_FINITE, EXIT_SAVE_FAILED, NonFiniteLoss, SaveFailed, TrainingStopped, UserError
 from ..model import ModelSpec, load_model, load_tokenizer
 from ..training.callbacks import StopOnSignal, add_profiled_flops
+from ..training.checkpoints import complete_checkpoints
 from ..training.trainer import JepaTrainer, LossConfig
 from ..views.encoding import Encoded, ViewConfig, encode_all
 from ..views.examples import load_examples, split_examples
 from .config import Mode, derive, mode_of
+from .file_checks import check_checkpoint
 from .plots import plot_curves
+from .run_folder import RunFolder, choose_checkpoint, open_run_folder, record_changes_in_metrics, write_record
 
 
 def view_config(args: argparse.Namespace) -> ViewConfig:
@@ -73,8 +76,14 @@ def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
     return train, held, source
 
 
-def encode_split(examples: list, tokenizer, cfg: ViewConfig, source: str) -> list[Encoded]:
+def encode_split(
+    examples: list, tokenizer, cfg: ViewConfig, source: str, dropped: dict[str, int] | None = None
+) -> list[Encoded]:
+    """Tokenize once; the report's lines as warnings; examples dropped (prompt over --max_length) counted
+    into `dropped` by source."""
     encoded, report = encode_all(examples, tokenizer, cfg)
+    if dropped is not None and report.dropped:
+        dropped[source] = report.dropped
     hint = separator_hint(examples, encoded, cfg.step_separator)
     for line in report.lines(source, cfg.max_length, cfg.num_prediction_steps) if is_main_process() else []:
         print(f"llmjepa-train: warning: {line}" + (f"; {hint}" if hint and "no step separator" in line else ""))
@@ -87,7 +96,7 @@ SEPARATOR_CANDIDATES = ("\n\n", "\n", ". ", "; ")  # what ends a reasoning step 
 def separator_hint(examples: list, encoded: list[Encoded], separator: str) -> str | None:
     """For the step-separator fallback warning: which candidate separators the fallen-back answers do
     contain, and the flag that would use one."""
-    answers = [ex.assistant.strip() for ex, enc in zip(examples, encoded) if getattr(enc, "fallback", False)]
+    answers = [examples[enc.index].assistant.strip() for enc in encoded if getattr(enc, "fallback", False)]
     if not answers:
         return None
     counts = [(sep, sum(sep in a for a in answers)) for sep in SEPARATOR_CANDIDATES if sep != separator]
@@ -169,22 +178,17 @@ def loader_workers(args: argparse.Namespace) -> int:
     return 2 if torch.cuda.is_available() else 0
 
 
-def resume_point(args: argparse.Namespace) -> str | None:
-    if not args.resume_from_checkpoint:
-        return None
-    if args.resume_from_checkpoint == "latest":
-        found = [
-            p
-            for p in Path(args.output_dir).glob("checkpoint-*")
-            if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()  # complete checkpoints only
-        ]
-        found.sort(key=lambda p: int(p.name[11:]))
-        if not found:
-            raise UserError(f"--resume_from_checkpoint latest: no checkpoint-* in {args.output_dir}")
-        return str(found[-1])
-    if not Path(args.resume_from_checkpoint, "trainer_state.json").is_file():
-        raise UserError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: not a checkpoint directory")
-    return args.resume_from_checkpoint
+def resume_point(args: argparse.Namespace, folder: RunFolder) -> str | None:
+    """The checkpoint to resume: of this run (run_folder.py), its files whole (file_checks.py); None for a
+    new run, which refuses a folder holding checkpoints."""
+    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
+        if not Path(args.resume_from_checkpoint, "trainer_state.json").is_file():
+            raise UserError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: not a checkpoint directory")
+    chosen = choose_checkpoint(args, folder)
+    if chosen is not None:
+        earlier = complete_checkpoints(str(Path(chosen).parent))
+        check_checkpoint(Path(chosen), f"--resume_from_checkpoint {args.resume_from_checkpoint}", earlier)
+    return chosen
 
 
 def prepare_metrics_file(path: Path, resume_from: str | None) -> None:
@@ -244,6 +248,7 @@ def load_model_from_args(args: argparse.Namespace, tokenizer, dtype: str) -> tor
 class Run:
     trainer: JepaTrainer
     metrics_path: Path
+    dropped: dict[str, int] = field(default_factory=dict)  # source -> examples dropped (prompt over --max_length)
 
 
 def build_run(args: argparse.Namespace) -> Run:
@@ -255,8 +260,9 @@ def build_run(args: argparse.Namespace) -> Run:
     derived = derive(args)
     cfg = derived.view
     train_examples, eval_examples, source = load_data(args)
-    train_set = encode_split(train_examples, tokenizer, cfg, source)
-    eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source) if eval_examples else None
+    dropped: dict[str, int] = {}
+    train_set = encode_split(train_examples, tokenizer, cfg, source, dropped)
+    eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source, dropped) if eval_examples else None
     check_enough(train_set, args.batch_size, source)
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     trainer = JepaTrainer(
@@ -279,7 +285,7 @@ def build_run(args: argparse.Namespace) -> Run:
         source = args.eval_file or args.data_file or ""
         samples, new_tokens = args.eval_accuracy_samples, args.eval_accuracy_max_new_tokens
         add_accuracy_callback(trainer, eval_examples, tokenizer, cfg, source, samples, new_tokens, args.batch_size)
-    return Run(trainer, metrics_path)
+    return Run(trainer, metrics_path, dropped)
 
 
 def train(args: argparse.Namespace, argv: list[str] | None = None) -> JepaTrainer | None:
@@ -287,15 +293,29 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> JepaTraine
     a signal stops the run). Returns the trainer, or None when the checkpoint resumed had finished."""
     if is_main_process():
         print(f"llmjepa-train: output in {args.output_dir}")
-    resume_from = resume_point(args)  # before anything is loaded: a bad checkpoint fails in a second
+    folder = open_run_folder(args, is_main_process())  # the folder's lock (a second run: exit 2), the identity
+    try:
+        return train_in_folder(args, argv, folder)
+    finally:
+        folder.release()
+
+
+def train_in_folder(args: argparse.Namespace, argv: list[str] | None, folder: RunFolder) -> JepaTrainer | None:
+    """train(), with the output folder locked."""
+    resume_from = resume_point(args, folder)  # before anything is loaded: a bad checkpoint fails in a second
     if resume_from and finished_already(args, resume_from):
         return None
     if getattr(args, "training_overrides", None):  # contradictory TrainingArguments fields, before anything loads
         has_eval = bool(args.eval_file or args.data_file)
         training_arguments(args, args.batch_size * args.grad_accum, has_eval, resolve_device_defaults(args)[1])
     run = build_run(args)
+    run.trainer.run_identity = folder.identity  # into every checkpoint (training/checkpoints.py)
+    folder.dropped = run.dropped
     if run.trainer.is_world_process_zero():
         prepare_metrics_file(run.metrics_path, resume_from)
+        if resume_from:
+            record_changes_in_metrics(run.metrics_path, folder, checkpoint_step(Path(resume_from)))
+        write_record(folder)
     stop = StopOnSignal()
     run.trainer.add_callback(stop)
     stop.install()
@@ -303,12 +323,17 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> JepaTraine
         run.trainer.train(resume_from_checkpoint=resume_from)
     except NonFiniteLoss as e:
         raise stopped_not_finite(args, run, e) from None
+    except SaveFailed as e:
+        raise save_failed(args, argv, e) from None
     finally:
         stop.uninstall()
     if stop.stopped_at is not None and stop.stopped_at < run.trainer.state.max_steps:
         raise stopped_by_signal(args, stop, argv)
     if run.trainer.is_world_process_zero():
-        finish(args, run)
+        try:
+            finish(args, run)
+        except SaveFailed as e:
+            raise save_failed(args, argv, e) from None
     wait_for_rank_zero()
     return run.trainer
 
@@ -318,10 +343,15 @@ def checkpoint_step(path: Path) -> int:
     return json.loads((path / "trainer_state.json").read_text())["global_step"]
 
 
-def complete_checkpoints(output_dir: str) -> list[Path]:
-    """checkpoint-N folders with their trainer state (a save cut short has none), by step."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit()]
-    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name[11:]))
+def save_failed(args: argparse.Namespace, argv: list[str] | None, e: SaveFailed) -> TrainingStopped:
+    """A checkpoint or the final model could not be written: what failed, the last good checkpoint, and
+    the command that resumes from it (exit status 4)."""
+    good = complete_checkpoints(args.output_dir)
+    if good:
+        kept = f"last good checkpoint: {good[-1]}; free space, then resume with: {resume_command(args, argv, good[-1])}"
+    else:
+        kept = "no checkpoint was saved before it; free space and start again"
+    return TrainingStopped(f"could not write {e} (partial files removed); {kept}", EXIT_SAVE_FAILED)
 
 
 def planned_epochs(args: argparse.Namespace) -> int:
@@ -402,13 +432,26 @@ def finish(args: argparse.Namespace, run: Run) -> None:
             run.trainer.accelerator.unwrap_model(run.trainer.model), run.trainer.processing_class, args.output_dir
         )
     else:
-        run.trainer.save_model(args.output_dir)
+        save_final_model(run, args.output_dir)
     records = (
         [json.loads(line) for line in run.metrics_path.read_text().splitlines()] if run.metrics_path.exists() else []
     )
+    records = [r for r in records if "event" not in r]  # --allow_changed_flags' lines are no steps
     plot = Path(args.output_dir) / "loss_curve.png"
     keys = ("loss", "lm_loss") if mode_of(args) is Mode.REGULAR else ("loss", "lm_loss", "jepa_loss")
     name = os.path.basename(os.path.normpath(args.output_dir))
     plotted = plot_curves(plot, {name: records}, keys, "llmjepa-train")  # False: no matplotlib (a note said so)
     shown = f", plot {plot}" if plotted else ""
     print(f"llmjepa-train: {len(records)} steps; metrics {run.metrics_path}{shown}, model {args.output_dir}")
+
+
+def save_final_model(run: Run, output_dir: str) -> None:
+    """The final model; a failed write (a full disk) is SaveFailed, reported with the last checkpoint."""
+    try:
+        run.trainer.save_model(output_dir)
+    except (OSError, RuntimeError) as e:
+        raise SaveFailed(f"the final model in {output_dir}", e) from e
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError":
+            raise SaveFailed(f"the final model in {output_dir}", e) from e
+        raise

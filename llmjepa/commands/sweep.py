@@ -120,6 +120,10 @@ def one_run(config: dict, setting: str, seed: int, out: Path, launcher: str | No
     train_argv = [*config["train_args"], *config["settings"][setting]]
     train_argv += ["--seed", str(seed), "--output_dir", str(model_dir)]
     if not train_done.is_file():
+        from ..training.checkpoints import complete_checkpoints
+
+        if complete_checkpoints(model_dir):  # a training cut short: go on from its last checkpoint (docs/faults.md)
+            train_argv += ["--resume_from_checkpoint", "latest"]
         t0 = time.perf_counter()
         run_tool("llmjepa-train", train_argv, launcher)
         train_done.write_text(json.dumps({"train_seconds": round(time.perf_counter() - t0, 1)}) + "\n")

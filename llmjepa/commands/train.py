@@ -14,7 +14,7 @@ import re
 import sys
 import time
 
-from ..errors import EXIT_NOT_FINITE, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
+from ..errors import EXIT_NOT_FINITE, EXIT_SAVE_FAILED, EXIT_SIGINT, EXIT_USER_ERROR, TrainingStopped, UserError
 from ..tokens import MAX_PREDICTORS
 
 # torch, transformers and the layers that use them are imported inside the functions that need them, after the
@@ -196,7 +196,12 @@ def check_model_name(name: str) -> None:
     be reached for. Otherwise fail now, in a second, rather than after the Hub client's retries."""
     from ..default_model import DEFAULT_MODEL_NAME
 
-    if name == DEFAULT_MODEL_NAME or os.path.isdir(name):
+    if name == DEFAULT_MODEL_NAME:
+        return
+    if os.path.isdir(name):
+        from .file_checks import check_model_folder
+
+        check_model_folder(name)  # truncated or damaged weights: one line now, not a traceback after loading
         return
     # a local path (a Hub id "org/name" never starts with "." or "~"): say so, rather than let the Hub
     # client report an invalid repo id or try the network
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmjepa-train: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingStopped as e:
-        prefix = "error: " if e.exit_code == EXIT_NOT_FINITE else ""
+        prefix = "error: " if e.exit_code in (EXIT_NOT_FINITE, EXIT_SAVE_FAILED) else ""
         print(f"llmjepa-train: {prefix}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C while loading or writing the final files (during training a handler takes it)

@@ -14,7 +14,7 @@ The verdict is cached on disk (`cache_path()`: $LLMJEPA_CACHE_DIR/kernel_check.j
 ~/.cache/llmjepa/kernel_check.json) keyed by device name, torch, CUDA, triton and llmjepa versions,
 backend, dtype and head shape, so a machine checks once per installation. `--kernel_check`:
 auto (default) prints one line on a mismatch and falls back to the PyTorch form; strict stops with
-exit status 4 (EXIT_KERNEL_CHECK); off skips. `llmjepa-selfcheck` prints the verdict for every backend,
+exit status 5 (EXIT_KERNEL_CHECK); off skips. `llmjepa-selfcheck` prints the verdict for every backend,
 dtype and head shape.
 
 Policy: the fast path checks on CUDA devices only (CHECKED_DEVICE_TYPES); `check_attention` itself runs
@@ -36,9 +36,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TrainingStopped
+from ..errors import EXIT_KERNEL_CHECK, TrainingStopped
 
-EXIT_KERNEL_CHECK = 4  # --kernel_check strict: the attention backend disagreed with the PyTorch form
 MODES = ("auto", "strict", "off")
 BACKENDS = ("triton", "flex", "torch")
 # ||x - ref|| / ||ref|| against the PyTorch form in float64, per dtype of the run's q, k, v. fp32: the
@@ -52,7 +51,7 @@ TOKENS = 320  # the layout's length on a GPU: several 64- and 128-token tiles, f
 
 
 class KernelCheckFailed(TrainingStopped):
-    """--kernel_check strict: the backend disagreed with the PyTorch form (exit status 4)."""
+    """--kernel_check strict: the backend disagreed with the PyTorch form (exit status 5)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_KERNEL_CHECK)

@@ -26,6 +26,7 @@ from ..execution.losses import jepa_pair_losses
 from ..execution.protocol import Executed, Executor
 from ..views.plan import ViewPlan
 from .callbacks import StepRecorder
+from .checkpoints import save_atomically
 
 FUSED_KINDS = ("cosine", "l2", "mse")  # infonce compares every pair with every other: PyTorch
 
@@ -196,6 +197,27 @@ class JepaTrainer(Trainer):
         self.eval_sums = EvalSums()
         self.microbatches_seen = 0
         self.add_callback(StepRecorder(self, metrics_path))
+        self.run_identity: dict | None = None  # written into every checkpoint (llmjepa-train sets it)
+        self._staging_dir: str | None = None
+
+    # ---- checkpoints: written into a staging folder, published by one rename (checkpoints.py) ----------
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        run_dir = super()._get_output_dir(trial=trial)
+
+        def save(staging: str) -> None:
+            self._staging_dir = staging
+            try:
+                super(JepaTrainer, self)._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+
+        save_atomically(self, run_dir, self.state.global_step, save, self.run_identity)
+        if self.args.should_save:
+            rotate_published(self, run_dir)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        """While a checkpoint is written: the staging folder, so that the Trainer writes there."""
+        return self._staging_dir or super()._get_output_dir(trial=trial)
 
     # ---- normalization -------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
@@ -382,3 +404,18 @@ class JepaTrainer(Trainer):
         from .debug import print_microbatch  # only needed with --debug
 
         print_microbatch(self.microbatches_seen - 1, plan, ce_sum, loss, cos, self.processing_class)
+
+
+def rotate_published(trainer: JepaTrainer, run_dir: str) -> None:
+    """save_total_limit over the published checkpoints (the Trainer's own rotation saw the staging folder)."""
+    try:
+        from transformers.trainer_utils import rotate_checkpoints
+    except ImportError:  # transformers < 5.2x: a Trainer method
+        trainer._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
+        return
+    rotate_checkpoints(
+        output_dir=run_dir,
+        save_total_limit=trainer.args.save_total_limit,
+        best_model_checkpoint=trainer.state.best_model_checkpoint,
+        use_mtime=True,
+    )

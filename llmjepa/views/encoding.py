@@ -25,7 +25,7 @@ This module tokenizes (ViewConfig, Encoded, encode_all); `builders.py` lays each
 of a ViewPlan (build_plan).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -62,6 +62,7 @@ class ViewConfig:
     entropy_top_k: int = 0  # fork --entropy_filter: keep this many pairs per example (0: every pair)
     entropy_window: int = 2  # tokens each side of a boundary whose entropies count
     jepa_layer: int = -1  # hidden_states index the pairs read (-1: the last, after the final norm)
+    drop_long_prompts: bool = True  # a prompt alone filling max_length: example dropped, counted (False: refused)
 
     def __post_init__(self) -> None:
         if self.isolated_predictors and not self.multi_step:
@@ -121,9 +122,17 @@ class EncodeReport:
     truncated: int = 0
     fewer_steps: int = 0  # multi-step: fewer separators than N (fewer pairs)
     fallback: int = 0  # multi-step: no separator at all (answer split at its middle)
+    dropped: int = 0  # the prompt alone fills max_length: nothing to train (drop_long_prompts)
+    dropped_sources: list[str] = field(default_factory=list)  # "file:line" of the first few dropped
 
     def lines(self, path: str, max_length: int, n_steps: int) -> list[str]:
         out = []
+        if self.dropped:
+            shown = ", ".join(self.dropped_sources[:DROPPED_SHOWN]) + (", ..." if self.dropped > DROPPED_SHOWN else "")
+            out.append(
+                f"{path}: {self.dropped} of {self.examples + self.dropped} examples dropped: the prompt alone fills "
+                f"--max_length {max_length} ({shown}; --drop_long_prompts false refuses them)"
+            )
         if self.truncated:
             out.append(
                 f"{path}: {self.truncated} of {self.examples} examples longer than --max_length {max_length}, truncated"
@@ -141,7 +150,43 @@ class EncodeReport:
         return out
 
 
+DROPPED_SHOWN = 3  # dropped examples named in the report's line
+
+
 # ---- rendering and tokenization -----------------------------------------------------------
+@lru_cache(maxsize=8)
+def longest_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:
+    """An upper bound on the characters one token covers: the longest vocabulary entry (byte-level BPE
+    spells each byte as one character, so an entry is never shorter than the text it stands for)."""
+    return max((len(piece) for piece in tokenizer.get_vocab()), default=1)
+
+
+CUT_MARGIN_TOKENS = 16  # tokens past max_length kept in a cut message: the word the cut splits lies beyond
+
+
+def content_bound(tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:
+    """Characters of a message that can reach the first max_length tokens; tokenization is local to a
+    word, so cutting a message there leaves the first max_length tokens of any view as they were."""
+    return (max_length + CUT_MARGIN_TOKENS) * longest_token_chars(tokenizer)
+
+
+def cut_messages(messages: list[dict] | None, bound: int) -> list[dict] | None:
+    if messages is None or all(len(m["content"]) <= bound for m in messages):
+        return messages
+    return [{**m, "content": m["content"][:bound]} for m in messages]
+
+
+def bounded(example: Example, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig) -> Example:
+    """The example with every message cut to content_bound characters before tokenization: a 50 MB line
+    costs what a max_length one does (the tokenizer's time and memory grow with the text's length)."""
+    bound = content_bound(tokenizer, cfg.max_length)
+    cut = cut_messages(example.messages, bound)
+    text, code = cut_messages(example.text_view, bound), cut_messages(example.code_view, bound)
+    if cut is example.messages and text is example.text_view and code is example.code_view:
+        return example
+    return replace(example, messages=cut, text_view=text, code_view=code)
+
+
 def template_options(tokenizer: PreTrainedTokenizerBase) -> dict:
     """Chat-template options: enable_thinking=False where the template reads it (Qwen3), so that the
     answer follows the empty think block of the generation prompt instead of holding it."""
@@ -297,7 +342,9 @@ def pretraining(cfg: ViewConfig) -> bool:
 
 def encode(
     example: Example, index: int, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, report: EncodeReport
-) -> Encoded:
+) -> Encoded | None:
+    """One example tokenized; None where its prompt alone fills max_length and drop_long_prompts is on."""
+    example = bounded(example, tokenizer, cfg)
     messages = view1_messages(example.messages, cfg)
     full_text = render(tokenizer, messages, cfg, generation_prompt=False)
     prompt_text = render(tokenizer, messages[:-1], cfg, generation_prompt=True)
@@ -309,6 +356,12 @@ def encode(
             f"{example.source}: the chat template does not render the prompt as a prefix of the "
             "conversation, so the answer's tokens cannot be located"
         )
+    if len(prompt) >= min(len(full), cfg.max_length) - 1:
+        if not cfg.drop_long_prompts:
+            raise UserError(f"{example.source}: the prompt alone fills --max_length {cfg.max_length}; nothing to train")
+        report.dropped += 1
+        report.dropped_sources.append(example.source)
+        return None
     report.examples += 1
     enc = Encoded(index=index, source=example.source, input_ids=full, labels=[], assistant_start=len(prompt))
     enc.assistant_end = end_of_turn_index(tokenizer, full_text, prompt_text, messages[-1]["content"], cfg)
@@ -316,8 +369,6 @@ def encode(
         enc.input_ids, enc.truncated = full[: cfg.max_length], True
         enc.assistant_end = min(enc.assistant_end, cfg.max_length - 1)
         report.truncated += 1
-    if enc.assistant_start >= len(enc.input_ids) - 1:
-        raise UserError(f"{example.source}: the prompt alone fills --max_length {cfg.max_length}; nothing to train")
     enc.labels = view1_labels(enc.input_ids, enc.assistant_start, enc.assistant_end, cfg, tokenizer.pad_token_id)
     if cfg.unmask_user:
         unmask_user_labels(tokenizer, enc, example.messages[-2]["content"])
@@ -362,6 +413,13 @@ def encode(
 
 
 def encode_all(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig) -> tuple:
+    """Every example tokenized once, with the report of what was truncated or dropped. Refuses a set
+    whose every example was dropped (nothing to train)."""
     report = EncodeReport()
-    encoded = [encode(e, i, tokenizer, cfg, report) for i, e in enumerate(examples)]
+    encoded = [enc for i, e in enumerate(examples) if (enc := encode(e, i, tokenizer, cfg, report)) is not None]
+    if examples and not encoded:
+        raise UserError(
+            f"{examples[0].source.rsplit(':', 1)[0]}: all {len(examples)} examples dropped: the prompt alone "
+            f"fills --max_length {cfg.max_length}"
+        )
     return encoded, report
