@@ -99,13 +99,13 @@ def same_flop_save_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:
 
 
 def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
-    from ..default_model import sample_data_path
+    from ..default_model import demo_data_path
 
     if args.data_file:
         train, held = split_examples(load_examples(args.data_file), args.eval_split, args.split_seed)
         source = args.data_file
     else:
-        source = args.train_file or str(sample_data_path("train"))
+        source = args.train_file or str(demo_data_path("train"))
         train, held = load_examples(source), []
     if args.eval_file:
         held = load_examples(args.eval_file)
