@@ -1,5 +1,6 @@
 """llmjepa-eval: generation accuracy as the LLM-JEPA paper reports it (upstream evaluate.py's scorers).
 
+    llmjepa-eval --model_name runs/demo                  # the demo sums llmjepa-train's default trains on
     llmjepa-eval --input_file gsm8k_test.jsonl --model_name runs/jepa --output_dir runs/jepa/eval
     llmjepa-eval --input_file gsm8k_test.jsonl --predictions_file preds.jsonl --output_dir out
     llmjepa-eval --input_file nq_open_test.jsonl --model_name runs/jepa --base_model base/ --output_dir out
@@ -59,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmjepa-eval", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--input_file", required=True, help="JSONL in the messages format; the answer is the reference")
+    p.add_argument(
+        "--input_file",
+        help="JSONL in the messages format; the answer is the reference (default: the bundled demo sums, "
+        "the held-out half of what llmjepa-train trains on by default)",
+    )
     p.add_argument("--output_dir", help="default: a new folder runs/eval-<date>-<time> (runs/ is git-ignored)")
     src = p.add_argument_group("what to score (one of)")
     src.add_argument(
@@ -124,6 +129,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
                 check_model_name(getattr(args, flag))
             except UserError as e:
                 raise UserError(str(e).replace("--model_name", f"--{flag}", 1)) from None
+    if args.input_file is None:
+        from ..default_model import demo_data_path
+
+        args.input_file = str(demo_data_path("eval"))
     if args.output_dir is None:
         args.output_dir = time.strftime("runs/eval-%Y%m%d-%H%M%S")
     args.scorer = scorer_for(args.input_file, args.dataset)
