@@ -146,6 +146,15 @@ def resolve_device_defaults(args: argparse.Namespace) -> tuple[str, bool]:
     return dtype, checkpointing
 
 
+# transformers 5.x renamed gradient_checkpointing to activation_checkpointing and warns (FutureWarning, on
+# every run) when the old name is given; the oldest supported transformers (5.17) may know only the old one.
+CHECKPOINTING_FIELD = next(
+    name
+    for name in ("activation_checkpointing", "gradient_checkpointing")
+    if name in TrainingArguments.__dataclass_fields__
+)
+
+
 def training_arguments(
     args: argparse.Namespace, n_train: int, has_eval: bool, checkpointing: bool
 ) -> TrainingArguments:
@@ -177,7 +186,7 @@ def training_arguments(
         eval_strategy="steps" if has_eval else "no",
         eval_steps=args.eval_steps if has_eval else None,
         prediction_loss_only=True,
-        gradient_checkpointing=checkpointing,
+        **{CHECKPOINTING_FIELD: checkpointing},
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
         # Collation (packing, layout, tile lists) in worker processes where a GPU computes meanwhile; on
