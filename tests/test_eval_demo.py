@@ -142,3 +142,11 @@ def test_sweep_default_trains_and_evaluates_on_the_demo_data() -> None:
     assert Path(sweep.flag_value(config["train_args"], "--train_file")) == demo_data_path("train")
     assert Path(sweep.flag_value(config["eval_args"], "--input_file")) == demo_data_path("eval")
     assert "--max_examples" not in config["eval_args"]  # all 64 examples: accuracy in steps of 1/64
+
+
+def test_train_defaults_to_the_demo_data(tmp_path: Path) -> None:
+    from llmjepa.commands.run import load_data
+    from llmjepa.commands.train import parse_args
+
+    train, held, source = load_data(parse_args(["--regular", "--output_dir", str(tmp_path)]))
+    assert Path(source) == demo_data_path("train") and len(train) == 2048 and held == []
