@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmjepa-train", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     data = p.add_argument_group("data (upstream)")
-    data.add_argument("--train_file", help="JSONL in the messages format (default: the bundled arithmetic sample)")
+    data.add_argument("--train_file", help="JSONL in the messages format (default: the bundled demo sums)")
     data.add_argument("--eval_file")
     data.add_argument("--data_file", help="one file split into train and eval by --eval_split")
     data.add_argument("--eval_split", type=float, default=None, help="fraction held out of --data_file (default 0.2)")
