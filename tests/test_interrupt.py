@@ -105,10 +105,12 @@ def test_signal_saves_and_resume_equals_uninterrupted(
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
-    # long steps (128 examples each, from the bundled 512) so that both signals land in one step; the
-    # second is sent a moment after the first (sent together, the kernel would merge them into one)
+    # long steps (128 examples each, from the bundled arithmetic sample's 512: the default demo sums are too
+    # short, their step ends before the second signal) so that both signals land in one step; the second is
+    # sent a moment after the first (sent together, the kernel would merge them into one)
     out = tmp_path / "out"
-    cmd = [sys.executable, "train.py", "--regular", "--batch_size", "16", "--grad_accum", "8", "--output_dir", str(out)]
+    cmd = [sys.executable, "train.py", "--train_file", str(sample_data_path("train")), "--regular"]
+    cmd += ["--batch_size", "16", "--grad_accum", "8", "--output_dir", str(out)]
     rc, err = run_and_signal(cmd, out, [signal.SIGINT, signal.SIGINT], pause=0.3)
     assert rc == 130, err[-3000:]
     assert "Traceback" not in err

@@ -24,7 +24,7 @@ class DataArguments:
 
     _argument_group_name = "data (upstream)"
     train_file: str | None = field(
-        default=None, metadata={"help": "JSONL in the messages format (default: the bundled arithmetic sample)"}
+        default=None, metadata={"help": "JSONL in the messages format (default: the bundled demo sums)"}
     )
     eval_file: str | None = field(
         default=None, metadata={"help": "JSONL evaluated every --eval_steps (default: none; no evaluation)"}

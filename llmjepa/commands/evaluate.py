@@ -1,5 +1,6 @@
 """llmjepa-eval: generation accuracy as the LLM-JEPA paper reports it (upstream evaluate.py's scorers).
 
+    llmjepa-eval --model_name runs/demo                  # the demo sums llmjepa-train's default trains on
     llmjepa-eval --input_file gsm8k_test.jsonl --model_name runs/jepa --output_dir runs/jepa/eval
     llmjepa-eval --input_file gsm8k_test.jsonl --predictions_file preds.jsonl --output_dir out
     llmjepa-eval --input_file nq_open_test.jsonl --model_name runs/jepa --base_model base/ --output_dir out
@@ -41,6 +42,7 @@ from ..evaluation.scorers import (
     clean_prediction,
     gsm8k_answer,
     is_correct,
+    last_number,
     scorer_for,
     spider_db_file,
     spider_db_id,
@@ -58,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmjepa-eval", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--input_file", required=True, help="JSONL in the messages format; the answer is the reference")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument(
+        "--input_file",
+        help="JSONL in the messages format; the answer is the reference (default: the bundled demo sums, "
+        "the held-out half of what llmjepa-train trains on by default)",
+    )
+    p.add_argument("--output_dir", help="default: a new folder runs/eval-<date>-<time> (runs/ is git-ignored)")
     src = p.add_argument_group("what to score (one of)")
     src.add_argument(
         "--model_name", help="a local checkpoint, a LoRA adapter folder, a merged model, or llmjepa/tiny-llama"
@@ -115,6 +121,20 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     sampling = args.do_sample or args.temperature > 0
     if not sampling and (args.top_p < 1 or args.top_k > 0):
         raise UserError("--top_p and --top_k shape sampling: add --do_sample or --temperature > 0")
+    from .train import check_model_name  # llmjepa-train's check: a missing local path fails in a second
+
+    for flag in ("model_name", "base_model", "adapter_base"):
+        if getattr(args, flag):
+            try:
+                check_model_name(getattr(args, flag))
+            except UserError as e:
+                raise UserError(str(e).replace("--model_name", f"--{flag}", 1)) from None
+    if args.input_file is None:
+        from ..default_model import demo_data_path
+
+        args.input_file = str(demo_data_path("eval"))
+    if args.output_dir is None:
+        args.output_dir = time.strftime("runs/eval-%Y%m%d-%H%M%S")
     args.scorer = scorer_for(args.input_file, args.dataset)
     if args.scorer == "spider" and not (args.spider_path and os.path.isdir(args.spider_path)):
         raise UserError(f"--spider_path {args.spider_path}: spider scoring needs the databases' directory")
@@ -151,6 +171,8 @@ def check_references(examples: list[Example], args: argparse.Namespace) -> None:
     for ex in examples:
         if args.scorer == "gsm8k" and gsm8k_answer(ex.assistant) is None:
             raise UserError(f"{ex.source}: gsm8k scoring needs the answer to end with a '\\n#### ' line")
+        if args.scorer == "sums" and last_number(ex.assistant) is None:
+            raise UserError(f"{ex.source}: sums scoring needs a number in the answer (the last one is compared)")
         if args.scorer == "spider":
             db_id = spider_db_id(ex.messages[-2]["content"])
             if db_id is None:
@@ -161,8 +183,9 @@ def check_references(examples: list[Example], args: argparse.Namespace) -> None:
             raise UserError(f"{ex.source}: hellaswag answers are one of A, B, C, D, not {ex.assistant[:20]!r}")
 
 
-def read_predictions(path: str, n: int) -> list[str]:
-    """One JSON object a line with a string "prediction", n lines (blank lines skipped)."""
+def read_predictions(path: str, n: int, max_examples: int = 0) -> list[str]:
+    """One JSON object a line with a string "prediction", one line per example (blank lines skipped):
+    a file with more or fewer lines belongs to other examples, and is refused rather than cut."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
     out = []
@@ -177,9 +200,11 @@ def read_predictions(path: str, n: int) -> list[str]:
             if not isinstance(obj, dict) or not isinstance(obj.get("prediction"), str):
                 raise UserError(f'{path}:{line_no}: expected an object with a string "prediction"')
             out.append(obj["prediction"])
-    if len(out) < n:
-        raise UserError(f"{path}: {len(out)} predictions for {n} examples")
-    return out[:n]  # --max_examples takes the first n of both
+    if max_examples and len(out) >= n:
+        out = out[:n]  # --max_examples takes the first n of both
+    if len(out) != n:
+        raise UserError(f"{path}: {len(out)} predictions for {n} examples (one line per example, in order)")
+    return out
 
 
 # ---- records ----------------------------------------------------------------------------------
@@ -415,7 +440,7 @@ def progress_bar(total: int, desc: str, args: argparse.Namespace, rank: int):
 
 def evaluate_predictions(examples: list[Example], args: argparse.Namespace, out: Path) -> Outcome:
     start = time.perf_counter()
-    predictions = read_predictions(args.predictions_file, len(examples))
+    predictions = read_predictions(args.predictions_file, len(examples), args.max_examples)
     scoring = Scoring(ScoreConfig(args.scorer, args.numeric, args.spider_path, args.spider_timeout), args.startswith)
     records = [
         scoring.record(i, ex, ex.messages[-2]["content"], p) for i, (ex, p) in enumerate(zip(examples, predictions))
@@ -467,7 +492,7 @@ def summarize(outcome: Outcome, args: argparse.Namespace, model: str) -> dict:
         tps = outcome.generated_tokens / outcome.generation_seconds if outcome.generation_seconds else 0.0
         summary["tokens_per_second"] = round(tps, 1)
         summary["truncated_prompts"] = outcome.truncated_prompts
-        summary["generation"] = settings_from(args).as_dict()
+        summary["generation"] = settings_from(args).decoding()
     if "cosine" in outcome.extra:
         cos = outcome.extra["cosine"]
         by_index = {r["index"]: r["correct"] for r in records}

@@ -45,7 +45,7 @@ def build_parity_parser() -> argparse.ArgumentParser:
     p = build_parser()
     p.prog = "llmjepa-parity"
     p.description = __doc__.split("\n")[0]
-    p.set_defaults(output_dir="./llmjepa-parity")
+    p.set_defaults(output_dir="runs/parity")  # runs/ is git-ignored, as every command's default output
     g = p.add_argument_group("llmjepa-parity")
     g.add_argument(
         "--against",

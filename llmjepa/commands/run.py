@@ -63,13 +63,13 @@ def same_flop_save_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:
 
 
 def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
-    from ..default_model import sample_data_path
+    from ..default_model import demo_data_path
 
     if args.data_file:
         train, held = split_examples(load_examples(args.data_file), args.eval_split, args.split_seed)
         source = args.data_file
     else:
-        source = args.train_file or str(sample_data_path("train"))
+        source = args.train_file or str(demo_data_path("train"))
         train, held = load_examples(source), []
     if args.eval_file:
         held = load_examples(args.eval_file)
@@ -116,6 +116,15 @@ def resolve_device_defaults(args: argparse.Namespace) -> tuple[str, bool]:
     return dtype, checkpointing
 
 
+# transformers 5.x renamed gradient_checkpointing to activation_checkpointing and warns (FutureWarning, on
+# every run) when the old name is given; the oldest supported transformers (5.17) may know only the old one.
+CHECKPOINTING_FIELD = next(
+    name
+    for name in ("activation_checkpointing", "gradient_checkpointing")
+    if name in TrainingArguments.__dataclass_fields__
+)
+
+
 def training_arguments(
     args: argparse.Namespace, n_train: int, has_eval: bool, checkpointing: bool
 ) -> TrainingArguments:
@@ -147,7 +156,7 @@ def training_arguments(
         eval_strategy="steps" if has_eval else "no",
         eval_steps=args.eval_steps if has_eval else None,
         prediction_loss_only=True,
-        gradient_checkpointing=checkpointing,
+        **{CHECKPOINTING_FIELD: checkpointing},
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
         # Collation (packing, layout, tile lists) in worker processes where a GPU computes meanwhile; on

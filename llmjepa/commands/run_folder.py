@@ -151,9 +151,9 @@ def run_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def data_fingerprint(args: argparse.Namespace) -> dict[str, str]:
-    from ..default_model import sample_data_path
+    from ..default_model import demo_data_path
 
-    source = args.data_file or args.train_file or str(sample_data_path("train"))
+    source = args.data_file or args.train_file or str(demo_data_path("train"))
     return {"train": "sha256:" + file_digest(source)}
 
 

@@ -46,6 +46,18 @@ class GenerationSettings:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def decoding(self) -> dict:
+        """The decoding that ran, for summary.json: greedy or beam search records no temperature, top_p or
+        top_k (they play no part); sampling records them, with its seed."""
+        kind = "sample" if self.do_sample else ("beam" if self.num_beams > 1 else "greedy")
+        record = {"decoding": kind, "max_new_tokens": self.max_new_tokens}
+        record["repetition_penalty"] = self.repetition_penalty
+        if self.num_beams > 1:
+            record["num_beams"] = self.num_beams
+        if self.do_sample:
+            record.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed)
+        return record
+
 
 # ---- prompts --------------------------------------------------------------------------------
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], cfg: ViewConfig) -> list[int]:

@@ -6,6 +6,9 @@ One scorer per dataset family, chosen by `--dataset` or by the input file's base
   `numeric=True` also accepts equal numbers: "1,000" == "1000.0").
 - spider: both queries run on `<spider_path>/<db_id>/<db_id>.sqlite`; correct when the rows are equal.
 - nq_open: correct when some "; "-separated piece of the prediction lies inside the reference.
+- sums (llmjepa's demo data, and any data whose answers end in a number): the last number in the
+  prediction equals the last number in the reference, as numbers ("1,000" == "1000.0"); a prediction
+  without a number is wrong. Not upstream's: it makes the embedded default's demo scorable.
 - hellaswag: the prediction is a letter A-D chosen by the next-token probabilities (see generation.py),
   then exact match.
 - synth, turk and everything else: exact match.
@@ -27,10 +30,12 @@ from urllib.parse import quote
 
 from ..errors import UserError
 
-SCORERS = ("gsm8k", "spider", "nq_open", "hellaswag", "synth", "turk", "exact")
+SCORERS = ("gsm8k", "spider", "nq_open", "hellaswag", "sums", "synth", "turk", "exact")
 GSM8K_ANSWER = re.compile(r"\n#### (.+)$")  # upstream's pattern: the last line, after a newline
 SPIDER_DB_ID = re.compile(r"For db_id:\[(.+)\]")
 NUMBER = re.compile(r"[-+]?\$?(\d[\d,]*(\.\d*)?|\.\d+)")
+# A number inside text: digits with thousands commas and a decimal part; "-" only where it is no operator.
+NUMBER_IN_TEXT = re.compile(r"(?:(?<![\w)])-)?\d(?:\d|,(?=\d{3}))*(?:\.\d+)?")
 
 
 def scorer_for(input_file: str, dataset: str | None = None) -> str:
@@ -84,6 +89,23 @@ def gsm8k_correct(prediction: str, reference: str, numeric: bool = False) -> boo
         a, b = number_value(got), number_value(want)
         return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
     return False
+
+
+# ---- sums (the demo data) ------------------------------------------------------------------------
+def last_number(text: str) -> float | None:
+    """The value of the last number in the text ("... 3 + 4 = 7. The answer is 7." -> 7.0), or None."""
+    numbers = NUMBER_IN_TEXT.findall(text)
+    return float(numbers[-1].replace(",", "")) if numbers else None
+
+
+def sums_correct(prediction: str, reference: str) -> bool:
+    """The last numbers of prediction and reference are equal. A reference without a number is refused
+    (ValueError; evaluate.py checks every reference before generating)."""
+    want = last_number(reference)
+    if want is None:
+        raise ValueError(f"sums reference without a number: {reference[-60:]!r}")
+    got = last_number(prediction)
+    return got is not None and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9)
 
 
 # ---- nq_open --------------------------------------------------------------------------------
@@ -182,6 +204,8 @@ def is_correct(cfg: ScoreConfig, prediction: str, messages: list[dict]) -> bool:
             raise ValueError('no "For db_id:[...]" in the user message')
         db_file = spider_db_file(cfg.spider_path or ".", db_id)
         return spider_correct(prediction, reference, db_file, cfg.spider_timeout_s)
+    if cfg.scorer == "sums":
+        return sums_correct(prediction, reference)
     if cfg.scorer == "nq_open":
         return nq_open_correct(prediction, reference)
     return prediction == reference
