@@ -376,7 +376,7 @@ def test_a_truncated_model_given_as_model_name(
         ("learning_rate: false\n", "run.yaml line 1: learning_rate: expected a number, got a boolean (false)"),
         ("impl: 3\n", "run.yaml line 1: impl: 3 is not one of reference, fast"),
         ("regular: yes please\n", "run.yaml line 1: regular: expected true or false"),
-        ("drop_long_prompts: maybe\n", "run.yaml line 1: drop_long_prompts: 'maybe' is not valid"),
+        ("drop_long_prompts: maybe\n", "run.yaml line 1: drop_long_prompts: expected true or false, got 'maybe'"),
         ("warmup_steps: {a: 1}\n", "run.yaml line 1: warmup_steps: expected a number, got a mapping"),
         ("regular: true\nbatch_size: 2\nregular: false\n", "run.yaml line 3: 'regular' is set twice (also on line 1)"),
         ("lr_scheduler_kwargs: {power: 1, power: 2}\n", "run.yaml line 1: 'power' is set twice (also on line 1)"),
