@@ -21,12 +21,12 @@ Every sum is recomputed before it is written.
     python scripts/make_demo_data.py --check  # exit 1 if the files differ from what it would write
 """
 
-import argparse
-import json
 import random
 import re
 import sys
 from pathlib import Path
+
+from make_sample_data import to_jsonl, write_or_check  # scripts/ is sys.path[0] when run as a script
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "llmjepa" / "assets"
 TRAIN_FILE = DATA_DIR / "sums_train.jsonl"
@@ -92,26 +92,9 @@ def make_splits() -> tuple[list[dict], list[dict]]:
     return train, list(evaluation.values())
 
 
-def to_jsonl(examples: list[dict]) -> bytes:
-    return "".join(json.dumps(e, ensure_ascii=True) + "\n" for e in examples).encode("utf-8")
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
-    args = parser.parse_args()
     train, evaluation = make_splits()
-    outputs = {TRAIN_FILE: to_jsonl(train), EVAL_FILE: to_jsonl(evaluation)}
-    if args.check:
-        stale = [path for path, data in outputs.items() if not path.is_file() or path.read_bytes() != data]
-        for path in stale:
-            print(f"{path}: differs from what scripts/make_demo_data.py generates; rerun it", file=sys.stderr)
-        return 1 if stale else 0
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    for path, data in outputs.items():
-        path.write_bytes(data)
-        print(f"wrote {path} ({len(data)} bytes)")
-    return 0
+    return write_or_check({TRAIN_FILE: to_jsonl(train), EVAL_FILE: to_jsonl(evaluation)}, "scripts/make_demo_data.py")
 
 
 if __name__ == "__main__":

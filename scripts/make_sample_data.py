@@ -382,22 +382,27 @@ def to_jsonl(examples: list[dict]) -> bytes:
     return "".join(json.dumps(e, ensure_ascii=True) + "\n" for e in examples).encode("utf-8")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_or_check(outputs: dict[Path, bytes], script: str) -> int:
+    """The generators' command line: write the files, or with --check exit 1 naming each one that
+    differs from what `script` would write (tests run --check so committed data cannot drift)."""
+    parser = argparse.ArgumentParser(description=f"(re)write the data files that {script} generates")
     parser.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
     args = parser.parse_args()
-    train, evaluation = make_splits()
-    outputs = {TRAIN_FILE: to_jsonl(train), EVAL_FILE: to_jsonl(evaluation)}
     if args.check:
         stale = [path for path, data in outputs.items() if not path.is_file() or path.read_bytes() != data]
         for path in stale:
-            print(f"{path}: differs from what scripts/make_sample_data.py generates; rerun it", file=sys.stderr)
+            print(f"{path}: differs from what {script} generates; rerun it", file=sys.stderr)
         return 1 if stale else 0
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
     for path, data in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         print(f"wrote {path} ({len(data)} bytes)")
     return 0
+
+
+def main() -> int:
+    train, evaluation = make_splits()
+    return write_or_check({TRAIN_FILE: to_jsonl(train), EVAL_FILE: to_jsonl(evaluation)}, "scripts/make_sample_data.py")
 
 
 if __name__ == "__main__":
