@@ -25,7 +25,7 @@ from ..errors import NonFiniteLoss
 from ..execution.losses import jepa_pair_losses
 from ..execution.protocol import Executed, Executor
 from ..views.plan import ViewPlan
-from .callbacks import StepRecorder
+from .callbacks import StepRecorder, StopOnSignal
 from .checkpoints import save_atomically
 
 FUSED_KINDS = ("cosine", "l2", "mse")  # infonce compares every pair with every other: PyTorch
@@ -378,9 +378,12 @@ class JepaTrainer(Trainer):
 
     def read_step_sums(self, grad_norm: Any) -> list[float]:
         """ce, jepa, cos, tokens, tokens_run, rows, microbatches (summed over ranks) and grad_norm, the
-        device's numbers read in one copy: the step's one host-device sync of ours."""
+        device's numbers read in one copy: the step's one host-device sync of ours. Under torchrun the
+        ranks' Ctrl-C/SIGTERM flags join the same all-reduce (StopOnSignal.agree): no collective of their own."""
         s = self.stats
-        counts = [s.tokens, s.tokens_run, s.rows, s.microbatches]
+        stop = self.signal_callback()
+        flags = stop.local_flags() if stop is not None and world_size() > 1 else []
+        counts = [s.tokens, s.tokens_run, s.rows, s.microbatches, *flags]
         sums = s.device_sums
         if sums is None:  # no microbatch ran
             sums = torch.zeros(3, dtype=sum_dtype(self.args.device), device=self.args.device)
@@ -393,9 +396,16 @@ class JepaTrainer(Trainer):
         read = (torch.cat([sums, norm]) if norm is not None else sums).tolist()
         if world_size() == 1:
             read[3:3] = counts
+        if flags:  # Ctrl-C/SIGTERM agreed over ranks in the same all-reduce (callbacks.StopOnSignal)
+            stop.agree(read[7 : 7 + len(flags)])
+            del read[7 : 7 + len(flags)]
         if norm is None:
             read.append(float(grad_norm) if grad_norm is not None else float("nan"))
         return read
+
+    def signal_callback(self) -> StopOnSignal | None:
+        """The run's StopOnSignal, if one is registered (llmjepa-train adds it)."""
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, StopOnSignal)), None)
 
     def maybe_print_debug(self, plan: ViewPlan, ce_sum: torch.Tensor, loss: torch.Tensor, cos: Any) -> None:
         self.microbatches_seen += 1
