@@ -116,6 +116,8 @@ class StepRecorder(TrainerCallback):
         self.path = path
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_log and hasattr(self.trainer, "record_health"):  # a logging step: the window's health
+            self.trainer.record_health()  # (DefaultFlowCallback, called first, has set should_log)
         if self.path is None or not self.trainer.is_world_process_zero() or not self.trainer.history:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

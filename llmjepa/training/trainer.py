@@ -9,6 +9,7 @@ already its share of the step's loss: the Trainer must not divide by grad_accum 
 rank's share is multiplied by the world size.
 """
 
+import logging
 import math
 import resource
 import time
@@ -27,6 +28,10 @@ from ..execution.protocol import Executed, Executor
 from ..views.plan import ViewPlan
 from .callbacks import StepRecorder, StopOnSignal
 from .checkpoints import save_atomically
+from .health import KEYS as HEALTH_KEYS
+from .health import EmbeddingHealth, collapse_warning
+
+logger = logging.getLogger("llmjepa")
 
 FUSED_KINDS = ("cosine", "l2", "mse")  # infonce compares every pair with every other: PyTorch
 
@@ -91,10 +96,25 @@ def sum_dtype(device: torch.device) -> torch.dtype:
 
 
 def peak_memory_mib() -> float:
-    """CUDA max allocated where CUDA runs, else the process's max resident set size."""
+    """CUDA max allocated where CUDA runs, else the process's max resident set size (RSS); both since the
+    previous training log (reset_peak_memory), the RSS since the process started where Linux's
+    /proc/self/clear_refs cannot reset it."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+
+
+def reset_peak_memory() -> None:
+    """After each training log, so that peak_memory_mib is the largest of the next log window: CUDA's peak
+    statistics; on the CPU the process's RSS high-water mark (Linux >= 4.0: '5' into /proc/self/clear_refs)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the RSS peak stays the process's
+        pass
 
 
 WINDOW_MEANS = ("lm_loss", "jepa_loss", "mean_cos", "label_tokens", "pairs", "tokens_run")
@@ -196,6 +216,14 @@ class JepaTrainer(Trainer):
         self.logged_records = 0  # history records already merged into a Trainer log (see log())
         self.eval_sums = EvalSums()
         self.microbatches_seen = 0
+        self.health = EmbeddingHealth()  # the log window's JEPA embeddings (training/health.py)
+        self.window_health: dict[str, float] = {}  # their numbers, computed at the logging step's end
+        self.health_warned = False
+        if not loss_config.regular and loss_config.gamma == 0 and loss_config.lbd != 0 and self.is_world_process_zero():
+            logger.warning(
+                "llmjepa: warning: --gamma 0: no LM term, and nothing else keeps the JEPA embeddings "
+                "from collapsing to one vector (watch jepa_pred_std and jepa_pred_rank)"
+            )
         self.add_callback(StepRecorder(self, metrics_path))
         self.run_identity: dict | None = None  # written into every checkpoint (llmjepa-train sets it)
         self._staging_dir: str | None = None
@@ -250,6 +278,8 @@ class JepaTrainer(Trainer):
             lm_only = lm if cfg.regular else cfg.gamma * lm
             return lm_only, out.ce_sum, out.ce_sum.new_zeros(()), None, tokens_run, cfg.lbd
         jepa_sum, cos = self.pair_loss_sum(out)
+        if model.training:  # the window's embeddings, kept on the device (training/health.py)
+            self.health.add(out.hidden, out.pred_index, out.target_index)
         loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
         return loss, out.ce_sum, jepa_sum, cos, tokens_run, cfg.lbd
 
@@ -303,7 +333,30 @@ class JepaTrainer(Trainer):
         if "loss" in logs and records:
             self.logged_records = len(self.history)
             logs.update(window_metrics(records))
+            logs.update(self.window_health or self.summarize_health())
+            self.window_health = {}
+            reset_peak_memory()
         super().log(logs, *args, **kwargs)
+
+    def summarize_health(self) -> dict[str, float]:
+        """The log window's embedding health (training/health.py): read at the log, one copy; the collapse
+        warning once per run (rank 0)."""
+        summary, rows = self.health.summary()
+        if summary is None:
+            return {}
+        values = dict(zip(HEALTH_KEYS, summary.tolist()))
+        line = collapse_warning(values, rows, self.health.dim, self.state.global_step)
+        if line and not self.health_warned and self.is_world_process_zero():
+            self.health_warned = True
+            logger.warning(line)
+        return values
+
+    def record_health(self) -> None:
+        """At a step's end that the Trainer will log (StepRecorder sees control.should_log): the window's health
+        into the step's record, so that metrics.jsonl has it too, and kept for log()."""
+        self.window_health = self.summarize_health()
+        if self.history and self.window_health:
+            self.history[-1].update(self.window_health)
 
     def evaluation_loop(
         self,
