@@ -280,3 +280,88 @@ def test_peak_rss_reset_on_the_cpu() -> None:
     trainer_module.reset_peak_memory()
     after = trainer_module.peak_memory_mib()
     assert before - after > 200, (before, after)
+
+
+def wandb_history(run_file: Path) -> list[dict]:
+    """The history rows of an offline W&B run file: a 7-byte header (':W&B', magic, version), then LevelDB's log
+    format (32 KiB blocks of records: crc32, length, type; a protobuf Record split FIRST/MIDDLE/LAST)."""
+    import struct
+
+    pb = pytest.importorskip("wandb.proto.wandb_internal_pb2", reason="wandb's protobuf records are absent")
+    raw, pos, block, parts, rows = run_file.read_bytes(), 7, 32768, b"", []
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        data, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        parts = data if kind in (1, 2) else parts + data
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = pb.Record()
+            record.ParseFromString(parts)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows
+
+
+def test_jepa_metrics_in_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """report_to wandb in offline mode (nothing sent): the run file's history has every training metric of ours
+    at steps 2 and 4, the values Trainer.log had."""
+    wandb = pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_PROJECT", "llmjepa-test")
+    trainer = make_trainer(tmp_path / "out", report_to="wandb")
+    trainer.train()
+    wandb.finish()
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    rows = [r for r in wandb_history(run_file) if "train/lm_loss" in r]
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert [r["train/global_step"] for r in rows] == [e["step"] for e in logs] == [2, 4]
+    for row, entry in zip(rows, logs):
+        for key in TRAIN_KEYS:
+            assert row[f"train/{key}"] == pytest.approx(entry[key], rel=1e-6), key
+
+
+TRACKIO_RUN = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from test_trainer_logging import make_trainer
+from trackio.sqlite_storage import SQLiteStorage
+
+trainer = make_trainer(Path(sys.argv[2]), report_to="trackio")
+trainer.train()  # the Trainer's TrackioCallback finishes the run at the end
+(project,) = SQLiteStorage.get_projects()
+(run,) = SQLiteStorage.get_runs(project)
+logged = [e for e in trainer.state.log_history if "loss" in e]
+print(json.dumps({"logs": logged, "trackio": SQLiteStorage.get_logs(project, run)}, default=str))
+"""
+
+
+def test_jepa_metrics_in_trackio_local(tmp_path: Path) -> None:
+    """report_to trackio, stored locally (TRACKIO_DIR, read when trackio is imported: a child process): its
+    database has every training metric of ours at steps 2 and 4, the values Trainer.log had."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("trackio") is None:
+        pytest.skip("trackio is not installed (pip install trackio)")
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    tests = str(Path(__file__).resolve().parent)
+    result = subprocess.run(
+        [sys.executable, "-c", TRACKIO_RUN, tests, str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = [r for r in found["trackio"] if "train/lm_loss" in r]
+    assert [r["train/global_step"] for r in rows] == [e["step"] for e in found["logs"]] == [2, 4]
+    for row, entry in zip(rows, found["logs"]):
+        for key in TRAIN_KEYS:
+            assert row[f"train/{key}"] == pytest.approx(entry[key], rel=1e-6), key
