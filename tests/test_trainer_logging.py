@@ -204,9 +204,12 @@ def test_std_and_rank_on_known_embeddings() -> None:
     same = torch.ones(32, d) * torch.randn(d)  # collapsed: one direction, any scale
     std, rank = std_and_rank(same * (0.5 + torch.rand(32, 1))).tolist()
     assert std < 1e-6 and rank == pytest.approx(1.0, abs=1e-3)
-    std, rank = std_and_rank(torch.eye(d) * 3).tolist()  # d orthogonal directions: full rank
-    assert rank == pytest.approx(d, rel=1e-5)
+    std, rank = std_and_rank(torch.eye(d) * 3).tolist()  # d orthogonal directions: d - 1 after centering
+    assert rank == pytest.approx(d - 1, rel=1e-5)
     assert std == pytest.approx(math.sqrt(1 / d - 1 / d**2), rel=1e-5)
+    line = torch.randn(d) + torch.linspace(-0.3, 0.3, 32)[:, None] * torch.randn(d)  # spread along one direction
+    std, rank = std_and_rank(line).tolist()  # dimensional collapse: the std alone would not tell
+    assert std > 0.01 and rank < 1.5
 
 
 def test_collapse_warns_once(caplog: pytest.LogCaptureFixture) -> None:

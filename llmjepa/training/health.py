@@ -6,9 +6,11 @@ The JEPA term alone has a trivial minimum: every embedding the same vector (cosi
 - `jepa_pred_std`, `jepa_target_std`: the per-dimension standard deviation of the L2-normalized embeddings
   over the window's pairs, averaged over the d dimensions (VICReg's variance term, without its hinge).
   Directions spread uniformly over the sphere give about 1 / sqrt(d); all embeddings the same give 0.
-- `jepa_pred_rank`, `jepa_target_rank`: the effective rank of the window's normalized embeddings, exp of the
-  entropy of their singular values normalized to sum to 1 (RankMe, Garrido et al. 2023: uncentered, so
-  that embeddings all equal give 1, not the rank of rounding noise). At most min(rows, d).
+- `jepa_pred_rank`, `jepa_target_rank`: the effective rank of the window's normalized embeddings, centered: exp
+  of the entropy of their singular values normalized to sum to 1 (RankMe, Garrido et al. 2023, after
+  centering: an LLM's hidden states share a large common direction, which uncentered would count as the
+  main one). Dimensional collapse (the embeddings spread along a few directions only) lowers it; embeddings
+  all at one point give 1 (the std says that case). At most min(rows - 1, d).
 
 Cost: in a microbatch, the pairs' rows are gathered and kept detached on the device (no host read, no
 sync); at most MAX_ROWS rows a side are kept, the most recent. At a training log the window's rows are
@@ -19,7 +21,7 @@ summarizes its own rows (rank 0's reach the loggers).
 
 Collapse warning: one line (once per run) when, over a window of at least MIN_ROWS pairs, a side's
 std * sqrt(d) falls below COLLAPSE_STD (1/20 of the isotropic value) or its effective rank below
-COLLAPSE_RANK (the embeddings have shrunk to about one direction).
+COLLAPSE_RANK (what varies between the embeddings varies along about one direction).
 """
 
 import logging
@@ -30,9 +32,10 @@ import torch
 logger = logging.getLogger("llmjepa")
 
 MAX_ROWS = 1024  # per side and log window: 4 MiB of float32 rows at d = 1024, one svdvals of 1024 x d per log
-MIN_ROWS = 8  # fewer pairs in a window: the numbers are logged, but no warning (too few rows to tell)
+POINT_SPREAD = 1e-4  # centered singular values summing below this * sqrt(rows): one point, rank 1
+MIN_ROWS = 16  # fewer pairs in a window: the numbers are logged, but no warning (too few rows to tell)
 COLLAPSE_STD = 0.05  # warn below this std * sqrt(d) (about 1 for directions spread over the sphere)
-COLLAPSE_RANK = 2.0  # warn below this effective rank (1: every embedding the same direction)
+COLLAPSE_RANK = 2.0  # warn below this effective rank (1: the embeddings vary along one direction at most)
 KEYS = ("jepa_pred_std", "jepa_target_std", "jepa_pred_rank", "jepa_target_rank")
 
 
@@ -41,10 +44,13 @@ def std_and_rank(rows: torch.Tensor) -> torch.Tensor:
     tensor on their device: nothing read on the host here."""
     z = torch.nn.functional.normalize(rows.float(), dim=-1)
     std = z.std(dim=0, unbiased=False).mean()
-    sigma = torch.linalg.svdvals(z)
-    p = sigma / sigma.sum().clamp_min(torch.finfo(sigma.dtype).tiny)
+    sigma = torch.linalg.svdvals(z - z.mean(dim=0))
+    total = sigma.sum()
+    p = sigma / total.clamp_min(torch.finfo(sigma.dtype).tiny)
     entropy = -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum()
-    return torch.stack([std, entropy.exp()])
+    # one point (nothing left after centering but rounding): rank 1, not the rank of the rounding noise
+    point = total <= POINT_SPREAD * math.sqrt(rows.shape[0])
+    return torch.stack([std, torch.where(point, torch.ones_like(entropy), entropy.exp())])
 
 
 class EmbeddingHealth:
