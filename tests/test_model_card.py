@@ -173,3 +173,34 @@ def test_a_failed_push_is_one_line_and_keeps_the_model(
 def test_not_pushed_patterns_cover_the_local_files() -> None:
     files = ["checkpoint-3/model.safetensors", ".llmjepa-train.lock", ".partial-checkpoint-4/x", "run.json", "a.json"]
     assert list(filter_repo_objects(files, ignore_patterns=NOT_PUSHED)) == ["a.json"]
+
+
+def test_library_push_to_hub_writes_llmjepas_card(tmp_path: Path, hub: dict) -> None:
+    """JepaTrainer.push_to_hub (the Trainer's) writes its card through JepaTrainer.create_model_card: llmjepa's."""
+    from transformers import TrainingArguments
+
+    from llmjepa import JepaTrainer, LossConfig, ViewConfig, load_examples, load_model, load_tokenizer
+
+    tokenizer = load_tokenizer("llmjepa/tiny-llama")
+    rows = [{"messages": ex.messages} for ex in load_examples(sample_data_path("train"))[:8]]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "lib"), max_steps=2, per_device_train_batch_size=2, report_to="none",
+        use_cpu=True, save_strategy="no", logging_steps=1, hub_model_id="me/lib", hub_token="hf_test",
+    )  # fmt: skip
+    trainer = JepaTrainer(
+        model=load_model("llmjepa/tiny-llama", tokenizer),
+        args=args,
+        train_dataset=rows,
+        processing_class=tokenizer,
+        loss_config=LossConfig(lbd=0.2),
+        view_config=ViewConfig(num_prediction_steps=2, predictors=1),
+    )
+    trainer.train()
+    trainer.push_to_hub(dataset="openai/gsm8k")
+    (upload,) = hub["uploads"]
+    text = upload["readme"]
+    assert upload["repo_id"] == "me/lib" and "model.safetensors" in upload["files"]
+    meta = front_matter(text)
+    assert meta["library_name"] == "llmjepa" and meta["datasets"] == ["openai/gsm8k"]
+    assert "| lbd (JEPA weight) | 0.2 |" in text and "| N (num_prediction_steps) | 2 |" in text
+    assert f"| loss | {trainer.history[-1]['loss']:.6g} |" in text and "arXiv:2509.14252" in text

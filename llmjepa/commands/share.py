@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EXIT_SAVE_FAILED, TrainingStopped, UserError
-from ..training.model_card import CardRecord, write_card
+from ..training.model_card import CardRecord, eval_summary, final_metrics, hub_model_id, write_card
 
 # what --push_to_hub leaves out of the upload (huggingface_hub's fnmatch patterns; "*" crosses folders)
 NOT_PUSHED = ["checkpoint-*", ".*", "run.json", "training_args.bin"]
-EVAL_TIMING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
-HEALTH = ("jepa_pred_std", "jepa_target_std", "jepa_pred_rank", "jepa_target_rank")
 
 
 def hub(args: argparse.Namespace, name: str, default: Any = None) -> Any:
@@ -46,16 +44,6 @@ def check_push(args: argparse.Namespace) -> None:
 
 
 # ---- the card's record --------------------------------------------------------------------------------------
-def hub_model_id(name: str) -> str | None:
-    """`name` if it is a Hub model id: not a local folder, not the embedded default."""
-    from ..default_model import DEFAULT_MODEL_NAME
-
-    if name == DEFAULT_MODEL_NAME or os.path.exists(name) or name.startswith((".", "/", "~")):
-        return None
-    parts = name.split("/")
-    return name if 1 <= len(parts) <= 2 and all(parts) else None
-
-
 def base_license(name: str) -> str | None:
     """The base model's license where it can be known without the network: the embedded model's (llmjepa's,
     Apache-2.0), or the `license:` of a README.md in the local folder or in the Hugging Face cache."""
@@ -162,13 +150,6 @@ def card_record(args: argparse.Namespace, trainer: Any) -> CardRecord:
     }
     if args.lora:
         training["LoRA rank (alpha 2r)"] = args.lora_rank
-    final = {k: v for k, v in (trainer.history[-1] if trainer.history else {}).items() if k in FINAL_KEYS}
-    health = next((e for e in reversed(trainer.state.log_history) if HEALTH[0] in e), {})
-    final.update({k: health[k] for k in HEALTH if k in health})
-    evaluated = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), {})
-    eval_summary = {k: v for k, v in evaluated.items() if k.startswith("eval_") and k not in EVAL_TIMING}
-    if eval_summary:
-        eval_summary["step"] = evaluated.get("step")
     return CardRecord(
         name=Path(os.path.normpath(args.output_dir)).name,
         base_model=args.model_name,
@@ -179,14 +160,11 @@ def card_record(args: argparse.Namespace, trainer: Any) -> CardRecord:
         data=data,
         datasets=[d.strip() for d in (args.card_datasets or "").split(",") if d.strip()],
         training=training,
-        final_metrics=final,
-        eval_summary=eval_summary,
+        final_metrics=final_metrics(trainer),
+        eval_summary=eval_summary(trainer),
         merged_lora=bool(args.lora and args.merge_lora),
         adapter=bool(args.lora and not args.merge_lora),
     )
-
-
-FINAL_KEYS = ("step", "loss", "lm_loss", "jepa_loss", "mean_cos")
 
 
 # ---- the card and the push, after the final model is saved ---------------------------------------------------

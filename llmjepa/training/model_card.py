@@ -133,6 +133,82 @@ def card_text(record: CardRecord) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+# ---- what a trainer knows ------------------------------------------------------------------------------------
+FINAL_KEYS = ("step", "loss", "lm_loss", "jepa_loss", "mean_cos")
+HEALTH_KEYS = ("jepa_pred_std", "jepa_target_std", "jepa_pred_rank", "jepa_target_rank")
+EVAL_TIMING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+
+
+def final_metrics(trainer: Any) -> dict[str, float]:
+    """The last optimizer step's numbers (JepaTrainer.history) and the last log's embedding health."""
+    history = getattr(trainer, "history", None) or [{}]
+    final = {k: v for k, v in history[-1].items() if k in FINAL_KEYS}
+    health = next((e for e in reversed(trainer.state.log_history) if HEALTH_KEYS[0] in e), {})
+    final.update({k: health[k] for k in HEALTH_KEYS if k in health})
+    return final
+
+
+def eval_summary(trainer: Any) -> dict[str, float]:
+    """The last evaluation's numbers during training (none: {}), without its timing."""
+    evaluated = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), {})
+    summary = {k: v for k, v in evaluated.items() if k.startswith("eval_") and k not in EVAL_TIMING}
+    if summary:
+        summary["step"] = evaluated.get("step")
+    return summary
+
+
+def hub_model_id(name: str) -> str | None:
+    """`name` if it can be a Hub model id: not a local folder, not the embedded default."""
+    import os
+
+    from ..default_model import DEFAULT_MODEL_NAME
+
+    if not name or name == DEFAULT_MODEL_NAME or os.path.exists(name) or name.startswith((".", "/", "~")):
+        return None
+    parts = name.split("/")
+    return name if 1 <= len(parts) <= 2 and all(parts) else None
+
+
+def record_from_trainer(trainer: Any, name: str | None = None, **hub_kwargs: Any) -> CardRecord:
+    """A card from what a JepaTrainer knows (the library's path: Trainer.push_to_hub writes it through
+    JepaTrainer.create_model_card): its loss and view configs, its arguments, its last numbers. hub_kwargs:
+    Trainer.create_model_card's `license`, `dataset` (Hub ids), `tags`."""
+    from ..distributed import base_model
+
+    config = getattr(base_model(trainer.model), "config", None)
+    base = str(getattr(config, "_name_or_path", "") or "unknown")
+    loss, view = trainer.loss_config, getattr(trainer.data_collator, "cfg", None)
+    steps = getattr(view, "num_prediction_steps", 0)
+    mode = "regular" if loss.regular else ("step_jepa" if steps > 0 else "view_jepa")
+    method: dict[str, Any] = {"gamma (LM weight)": loss.gamma}
+    if not loss.regular:
+        method.update({"lbd (JEPA weight)": loss.lbd, "JEPA loss": loss.jepa_kind})
+        method["predictor tokens (K)"] = getattr(view, "predictors", None)
+        if steps > 0:
+            method["N (num_prediction_steps)"] = steps
+    args = trainer.args
+    datasets = hub_kwargs.get("dataset") or []
+    return CardRecord(
+        name=name or Path(args.output_dir).name,
+        base_model=base,
+        base_model_hub_id=hub_model_id(base),
+        license=hub_kwargs.get("license"),
+        mode=mode,
+        method=method,
+        data={"training examples": len(trainer.train_dataset) if trainer.train_dataset is not None else None},
+        datasets=[datasets] if isinstance(datasets, str) else list(datasets),
+        training={
+            "optimizer steps": trainer.state.global_step,
+            "examples per microbatch and device": args.per_device_train_batch_size,
+            "gradient accumulation": args.gradient_accumulation_steps,
+            "learning rate": args.learning_rate,
+        },
+        final_metrics=final_metrics(trainer),
+        eval_summary=eval_summary(trainer),
+        adapter=hasattr(trainer.model, "peft_config"),
+    )
+
+
 def write_card(folder: str | Path, record: CardRecord) -> Path:
     """Write folder/README.md (replacing one the model's save may have written); returns its path."""
     path = Path(folder) / CARD_NAME

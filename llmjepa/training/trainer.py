@@ -358,6 +358,15 @@ class JepaTrainer(Trainer):
         if self.history and self.window_health:
             self.history[-1].update(self.window_health)
 
+    def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
+        """Trainer.push_to_hub's card, on the library's path: llmjepa's (training/model_card.py), with the
+        method's settings and the run's last numbers, in place of the Trainer's generic one."""
+        if not self.is_world_process_zero():
+            return
+        from .model_card import record_from_trainer, write_card
+
+        write_card(self.args.output_dir, record_from_trainer(self, model_name, **kwargs))
+
     def evaluation_loop(
         self,
         dataloader: Any,
