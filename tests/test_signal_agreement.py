@@ -3,9 +3,15 @@ already does for its sums (JepaTrainer.read_step_sums), not through a collective
 own. Two CPU ranks (gloo, torch.multiprocessing): a signal on rank 1 stops both after the same step, with
 one all-reduce per step; a signal after the step's read stops both one step later."""
 
+import json
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +27,7 @@ pytestmark = pytest.mark.skipif(
     reason="torch.distributed with the gloo backend is not available in this torch build",
 )
 STEPS = 5
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -98,3 +105,37 @@ def test_sigterm_wins_when_ranks_got_different_signals() -> None:
     assert stop.agreed == signal.SIGINT
     stop.agree([0.0, 0.0])
     assert stop.agreed == 0
+
+
+def test_sigterm_to_one_torchrun_rank_stops_both_after_the_same_step(tmp_path: Path) -> None:
+    """The CLI under torchrun (2 CPU ranks): SIGTERM to rank 1's process alone; both ranks stop after the same
+    optimizer step, each says so in its one line, and rank 0 saved that step's checkpoint."""
+    psutil = pytest.importorskip("psutil", reason="psutil finds torchrun's worker processes")
+    from llmjepa.default_model import sample_data_path
+
+    data = tmp_path / "sixteen.jsonl"
+    data.write_text("".join(sample_data_path("train").read_text(encoding="utf-8").splitlines(keepends=True)[:16]))
+    out = tmp_path / "out"
+    flags = ["--train_file", data, "--num_prediction_steps", "2", "--predictors", "1", "--batch_size", "1"]
+    flags += ["--grad_accum", "2", "--max_train_steps", "200", "--save_steps", "1000", "--output_dir", out]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(free_port()), "train.py", *map(str, flags)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.stat().st_size > 0):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no training step within 300 s"
+        time.sleep(0.05)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+    (rank1,) = [p for p in workers if p.environ().get("RANK") == "1"]
+    rank1.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    lines = re.findall(r"llmjepa-train: stopped by SIGTERM after step (\d+), saved", err)
+    assert len(lines) == 2 and lines[0] == lines[1], err[-4000:]  # one line per rank, the same step
+    step = int(lines[0])
+    assert 1 <= step < 200 and (out / f"checkpoint-{step}" / "trainer_state.json").is_file(), err[-4000:]
+    # the ranks' exit status 143 makes torchrun's launcher print its own ChildFailedError traceback: none of ours
+    assert not re.search(r'File ".*/(llmjepa|transformers)/', err), err[-4000:]
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, step + 1))
