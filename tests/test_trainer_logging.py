@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -321,7 +322,11 @@ def test_jepa_metrics_in_wandb_offline(tmp_path: Path, monkeypatch: pytest.Monke
     trainer.train()
     wandb.finish()
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    rows = [r for r in wandb_history(run_file) if "train/lm_loss" in r]
+    for _ in range(300):  # wandb-core, a separate process, may still be writing the file
+        rows = [r for r in wandb_history(run_file) if "train/lm_loss" in r]
+        if len(rows) >= 2:
+            break
+        time.sleep(0.1)
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert [r["train/global_step"] for r in rows] == [e["step"] for e in logs] == [2, 4]
     for row, entry in zip(rows, logs):
