@@ -5,7 +5,8 @@ EXIT_BUG = 1  # an exception llmjepa did not expect (Python's own status, with i
 EXIT_USER_ERROR = 2  # bad input or flags, found before training (also: --output_dir in use by another run,
 #                      a checkpoint of another run, truncated or corrupt weights or trainer state)
 EXIT_NOT_FINITE = 3  # training stopped at a non-finite loss, JEPA term or gradient norm
-EXIT_SAVE_FAILED = 4  # a checkpoint or the final model could not be written (a full disk): nothing partial kept
+EXIT_SAVE_FAILED = 4  # a checkpoint or the final model could not be written (a full disk): nothing partial kept;
+#                      also --push_to_hub failed after the model and its card were saved locally
 EXIT_KERNEL_CHECK = 5  # --kernel_check strict: the attention backend disagreed with the PyTorch form
 EXIT_SIGINT = 130  # 128 + SIGINT: stopped by Ctrl-C (a checkpoint saved)
 EXIT_SIGTERM = 143  # 128 + SIGTERM: stopped by kill, SLURM or Kubernetes (a checkpoint saved)

@@ -212,6 +212,10 @@ class LlmjepaArguments:
     dropout: float | None = field(
         default=None, metadata={"help": "the model's attention dropout (default: the checkpoint's)"}
     )
+    card_datasets: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset ids the training data came from, joined by commas: the model card's datasets"},
+    )
     eval_accuracy: bool = field(default=False, metadata={"help": "generation accuracy at each evaluation"})
     eval_accuracy_samples: int = field(default=32, metadata={"help": "eval examples it generates for"})
     eval_accuracy_max_new_tokens: int = field(

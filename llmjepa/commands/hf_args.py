@@ -26,6 +26,9 @@ ALIASES = {  # TrainingArguments field -> the upstream flag's dest that means th
 }
 REFUSED = {  # fields llmjepa's batches cannot work with
     "remove_unused_columns": "llmjepa's batches are view plans, not model inputs; the Trainer must keep them whole",
+    # the Trainer's SIGTERM handler would save mid-step, beside llmjepa's own (training/callbacks.StopOnSignal)
+    "enable_jit_checkpoint": "llmjepa already finishes the step in progress and saves a checkpoint on SIGTERM "
+    "and Ctrl-C; docs/faults.md",
 }
 
 

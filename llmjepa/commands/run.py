@@ -169,8 +169,10 @@ def training_arguments(
         logging_nan_inf_filter=False,
         bf16=False,  # the weights carry the dtype (--dtype), as upstream's bf16 weights do; --bf16: mixed precision
     )
+    overrides = dict(getattr(args, "training_overrides", {}))
+    overrides.pop("push_to_hub", None)  # llmjepa pushes the final folder and its card itself (commands/share.py)
     try:  # TrainingArguments fields given as flags or in --config win (llmjepa/hf_args.py)
-        return TrainingArguments(**{**ours, **getattr(args, "training_overrides", {})})
+        return TrainingArguments(**{**ours, **overrides})
     except ValueError as e:  # contradictory fields: one line, as every flag error
         raise UserError(f"TrainingArguments: {' '.join(str(e).split())}") from None
 
@@ -452,6 +454,9 @@ def finish(args: argparse.Namespace, run: Run) -> None:
     plotted = plot_curves(plot, {name: records}, keys, "llmjepa-train")  # False: no matplotlib (a note said so)
     shown = f", plot {plot}" if plotted else ""
     print(f"llmjepa-train: {len(records)} steps; metrics {run.metrics_path}{shown}, model {args.output_dir}")
+    from .share import share
+
+    share(args, run.trainer)  # README.md (the model card) beside the model; --push_to_hub uploads the folder
 
 
 def save_final_model(run: Run, output_dir: str) -> None:

@@ -49,6 +49,7 @@ NOT_RUN_FLAGS = frozenset(
         "eval_accuracy",
         "eval_accuracy_samples",
         "eval_accuracy_max_new_tokens",
+        "card_datasets",  # the model card's metadata (commands/share.py)
         "kernel_check",
         "config",
         "allow_changed_flags",

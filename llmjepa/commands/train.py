@@ -109,6 +109,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.regular and args.jepa_layer != -1:
         raise UserError("--regular trains without views; --jepa_layer chooses the layer the views read")
     check_paths(args)
+    from .share import check_push
+
+    check_push(args)  # --push_to_hub without a token: exit 2 now, not after training
     return args
 
 

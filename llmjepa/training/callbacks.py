@@ -33,7 +33,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import TrainerCallback
 
-from ..distributed import all_reduce_max
+from ..distributed import all_reduce_max, world_size
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -44,6 +44,7 @@ class StopOnSignal(TrainerCallback):
         self.signum: int | None = None  # the first signal received, on this rank
         self.stopped_at: int | None = None  # the optimizer step after which training stopped
         self.previous: dict[int, Any] = {}
+        self.agreed: int | None = None  # under torchrun: the signal all ranks agreed on at this step's read
 
     def install(self) -> None:
         """Take over SIGINT and SIGTERM (main thread only, as Python's signal module requires)."""
@@ -79,9 +80,31 @@ class StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
+    # ---- agreement under torchrun: every rank stops after the same step ------------------------------
+    def local_flags(self) -> list[float]:
+        """This rank's signal as counts (SIGINT, SIGTERM), summed over ranks with the step's own sums
+        (JepaTrainer.read_step_sums): the agreement rides on the all-reduce and the read each step already
+        has, so it costs no collective and no host-device sync of its own."""
+        return [float(self.signum == sig) for sig in SIGNALS]
+
+    def agree(self, summed: list[float]) -> None:
+        """The flags as summed over ranks at this step's read: the signal that every rank stops for. SIGTERM
+        wins over SIGINT when ranks received different ones (same answer on every rank)."""
+        self.agreed = max((sig for sig, n in zip(SIGNALS, summed) if n > 0), default=0)
+
     def agreed_signal(self, device: torch.device) -> int:
-        """The signal any rank received (0: none); under torchrun every rank must stop at the same step."""
-        return all_reduce_max(self.signum or 0, device)
+        """The signal any rank received (0: none); under torchrun every rank must stop at the same step.
+
+        One process: this rank's own flag. Several: what `agree` recorded from the step's all-reduce (JepaTrainer
+        reads it before the optimizer step, so a signal arriving after that read stops the run one optimizer
+        step later than on one process: the latency of this choice). A trainer that never calls `agree`
+        (another Trainer than JepaTrainer) falls back on an all-reduce of its own, read on the host."""
+        if world_size() == 1:
+            return self.signum or 0
+        if self.agreed is None:
+            return all_reduce_max(self.signum or 0, device)
+        agreed, self.agreed = self.agreed, None  # each step's value is read once
+        return agreed
 
 
 # ---- metrics.jsonl ----------------------------------------------------------------------------
@@ -93,6 +116,8 @@ class StepRecorder(TrainerCallback):
         self.path = path
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_log and hasattr(self.trainer, "record_health"):  # a logging step: the window's health
+            self.trainer.record_health()  # (DefaultFlowCallback, called first, has set should_log)
         if self.path is None or not self.trainer.is_world_process_zero() or not self.trainer.history:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

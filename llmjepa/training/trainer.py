@@ -9,6 +9,7 @@ already its share of the step's loss: the Trainer must not divide by grad_accum 
 rank's share is multiplied by the world size.
 """
 
+import logging
 import math
 import resource
 import time
@@ -25,8 +26,12 @@ from ..errors import NonFiniteLoss
 from ..execution.losses import jepa_pair_losses
 from ..execution.protocol import Executed, Executor
 from ..views.plan import ViewPlan
-from .callbacks import StepRecorder
+from .callbacks import StepRecorder, StopOnSignal
 from .checkpoints import save_atomically
+from .health import KEYS as HEALTH_KEYS
+from .health import EmbeddingHealth, collapse_warning
+
+logger = logging.getLogger("llmjepa")
 
 FUSED_KINDS = ("cosine", "l2", "mse")  # infonce compares every pair with every other: PyTorch
 
@@ -91,10 +96,25 @@ def sum_dtype(device: torch.device) -> torch.dtype:
 
 
 def peak_memory_mib() -> float:
-    """CUDA max allocated where CUDA runs, else the process's max resident set size."""
+    """CUDA max allocated where CUDA runs, else the process's max resident set size (RSS); both since the
+    previous training log (reset_peak_memory), the RSS since the process started where Linux's
+    /proc/self/clear_refs cannot reset it."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+
+
+def reset_peak_memory() -> None:
+    """After each training log, so that peak_memory_mib is the largest of the next log window: CUDA's peak
+    statistics; on the CPU the process's RSS high-water mark (Linux >= 4.0: '5' into /proc/self/clear_refs)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the RSS peak stays the process's
+        pass
 
 
 WINDOW_MEANS = ("lm_loss", "jepa_loss", "mean_cos", "label_tokens", "pairs", "tokens_run")
@@ -196,6 +216,14 @@ class JepaTrainer(Trainer):
         self.logged_records = 0  # history records already merged into a Trainer log (see log())
         self.eval_sums = EvalSums()
         self.microbatches_seen = 0
+        self.health = EmbeddingHealth()  # the log window's JEPA embeddings (training/health.py)
+        self.window_health: dict[str, float] = {}  # their numbers, computed at the logging step's end
+        self.health_warned = False
+        if not loss_config.regular and loss_config.gamma == 0 and loss_config.lbd != 0 and self.is_world_process_zero():
+            logger.warning(
+                "llmjepa: warning: --gamma 0: no LM term, and nothing else keeps the JEPA embeddings "
+                "from collapsing to one vector (watch jepa_pred_std and jepa_pred_rank)"
+            )
         self.add_callback(StepRecorder(self, metrics_path))
         self.run_identity: dict | None = None  # written into every checkpoint (llmjepa-train sets it)
         self._staging_dir: str | None = None
@@ -250,6 +278,8 @@ class JepaTrainer(Trainer):
             lm_only = lm if cfg.regular else cfg.gamma * lm
             return lm_only, out.ce_sum, out.ce_sum.new_zeros(()), None, tokens_run, cfg.lbd
         jepa_sum, cos = self.pair_loss_sum(out)
+        if model.training:  # the window's embeddings, kept on the device (training/health.py)
+            self.health.add(out.hidden, out.pred_index, out.target_index)
         loss = cfg.gamma * lm + cfg.lbd * jepa_sum / max(pairs, 1)
         return loss, out.ce_sum, jepa_sum, cos, tokens_run, cfg.lbd
 
@@ -303,7 +333,39 @@ class JepaTrainer(Trainer):
         if "loss" in logs and records:
             self.logged_records = len(self.history)
             logs.update(window_metrics(records))
+            logs.update(self.window_health or self.summarize_health())
+            self.window_health = {}
+            reset_peak_memory()
         super().log(logs, *args, **kwargs)
+
+    def summarize_health(self) -> dict[str, float]:
+        """The log window's embedding health (training/health.py): read at the log, one copy; the collapse
+        warning once per run (rank 0)."""
+        summary, rows = self.health.summary()
+        if summary is None:
+            return {}
+        values = dict(zip(HEALTH_KEYS, summary.tolist()))
+        line = collapse_warning(values, rows, self.health.dim, self.state.global_step)
+        if line and not self.health_warned and self.is_world_process_zero():
+            self.health_warned = True
+            logger.warning(line)
+        return values
+
+    def record_health(self) -> None:
+        """At a step's end that the Trainer will log (StepRecorder sees control.should_log): the window's health
+        into the step's record, so that metrics.jsonl has it too, and kept for log()."""
+        self.window_health = self.summarize_health()
+        if self.history and self.window_health:
+            self.history[-1].update(self.window_health)
+
+    def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
+        """Trainer.push_to_hub's card, on the library's path: llmjepa's (training/model_card.py), with the
+        method's settings and the run's last numbers, in place of the Trainer's generic one."""
+        if not self.is_world_process_zero():
+            return
+        from .model_card import record_from_trainer, write_card
+
+        write_card(self.args.output_dir, record_from_trainer(self, model_name, **kwargs))
 
     def evaluation_loop(
         self,
@@ -378,9 +440,12 @@ class JepaTrainer(Trainer):
 
     def read_step_sums(self, grad_norm: Any) -> list[float]:
         """ce, jepa, cos, tokens, tokens_run, rows, microbatches (summed over ranks) and grad_norm, the
-        device's numbers read in one copy: the step's one host-device sync of ours."""
+        device's numbers read in one copy: the step's one host-device sync of ours. Under torchrun the
+        ranks' Ctrl-C/SIGTERM flags join the same all-reduce (StopOnSignal.agree): no collective of their own."""
         s = self.stats
-        counts = [s.tokens, s.tokens_run, s.rows, s.microbatches]
+        stop = self.signal_callback()
+        flags = stop.local_flags() if stop is not None and world_size() > 1 else []
+        counts = [s.tokens, s.tokens_run, s.rows, s.microbatches, *flags]
         sums = s.device_sums
         if sums is None:  # no microbatch ran
             sums = torch.zeros(3, dtype=sum_dtype(self.args.device), device=self.args.device)
@@ -393,9 +458,16 @@ class JepaTrainer(Trainer):
         read = (torch.cat([sums, norm]) if norm is not None else sums).tolist()
         if world_size() == 1:
             read[3:3] = counts
+        if flags:  # Ctrl-C/SIGTERM agreed over ranks in the same all-reduce (callbacks.StopOnSignal)
+            stop.agree(read[7 : 7 + len(flags)])
+            del read[7 : 7 + len(flags)]
         if norm is None:
             read.append(float(grad_norm) if grad_norm is not None else float("nan"))
         return read
+
+    def signal_callback(self) -> StopOnSignal | None:
+        """The run's StopOnSignal, if one is registered (llmjepa-train adds it)."""
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, StopOnSignal)), None)
 
     def maybe_print_debug(self, plan: ViewPlan, ce_sum: torch.Tensor, loss: torch.Tensor, cos: Any) -> None:
         self.microbatches_seen += 1
