@@ -200,3 +200,19 @@ def test_an_example_without_tests_is_refused_naming_its_line(tmp_path: Path, cap
     assert main([*argv, "--dataset", "code", "--allow_code_execution"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{data}:2: code scoring needs a" in err
+
+
+def test_generating_with_a_model_scores_code_and_resumes(tmp_path: Path) -> None:
+    """The model path (generate, then run): the embedded random-weights model writes no valid program, so
+    every example fails with a recorded reason; a second run resumes (nothing generated or run again)."""
+    data, _ = write_input(tmp_path, ["correct", "wrong"])
+    out = tmp_path / "out"
+    argv = ["--input_file", str(data), "--model_name", "llmjepa/tiny-llama", "--output_dir", str(out)]
+    argv += ["--dataset", "code", "--allow_code_execution", "--max_new_tokens", "8", "--no_progress"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["pass@1"] == 0.0 and sum(summary["code_results"].values()) == 2
+    assert json.loads((out / "run.json").read_text())["code_limits"] == {"timeout_s": 5.0, "memory_mb": 1024}
+    first = (out / "predictions.jsonl").read_text()
+    assert main(argv) == 0 and (out / "predictions.jsonl").read_text() == first
+    assert main([*argv, "--code_timeout", "3"]) == 2  # other limits: another run's records
