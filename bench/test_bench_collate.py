@@ -6,8 +6,9 @@
 - packed_triton_tiles / packed_flex_tiles: packed, plus the kernels' tile lists built on the host;
 - pickle_round_trip: pickling and unpickling the packed output, what a data-loader worker ships to training.
 
-Two layouts: LLM-JEPA as llmjepa-train runs it by default (one pair per example), and Step-JEPA (--num_prediction_steps 2
---predictors 1). Before timing, the packed plan must count the same label tokens and pairs as the reference.
+Two layouts: LLM-JEPA as llmjepa-train runs it by default (one pair per example), and Step-JEPA
+(--num_prediction_steps 2 --predictors 1). Before timing, the packed plan must count the same label tokens and
+pairs as the reference.
 
     pytest bench/test_bench_collate.py --benchmark-only
     pytest bench/test_bench_collate.py --benchmark-disable                 # smoke: each once, no timing
