@@ -10,8 +10,9 @@ What one run gets (docs/eval.md, "Code execution", says what is guaranteed and w
 - a fresh `python -I -S -B` (no site-packages, no user site, no environment variables of the caller,
   no .pyc writes), stdin from /dev/null, its own session (process group), killed as a group with
   SIGKILL after `timeout_s` of wall time;
-- rlimits set before exec: address space (`memory_mb`), CPU seconds (timeout + 1), file size (16 MiB),
-  no core files, and RLIMIT_NPROC 0 (forks fail for a non-root user; root is exempt from it);
+- rlimits the runner sets on itself (soft = hard) before the program's first line: address space
+  (`memory_mb`), CPU seconds (timeout + 1), file size (16 MiB), no core files, and RLIMIT_NPROC 0 (forks
+  fail for a non-root user; root is exempt from it);
 - a new network namespace (`unshare -rn`: no interface but a down loopback, enforced by the kernel)
   when an unprivileged user namespace can be made here, checked once per process;
 - a temporary working directory, removed afterwards, and an audit hook (PEP 578) installed before the
@@ -29,7 +30,6 @@ made) the network namespace are enforced by the kernel.
 import json
 import os
 import re
-import resource
 import secrets
 import shutil
 import signal
@@ -136,9 +136,12 @@ def sandbox_description() -> str:
 # line that starts with a nonce the program is not told, so that neither a program that writes its own
 # "passed" line nor one that fills stdout up to RLIMIT_FSIZE changes the outcome.
 RUNNER = r"""
-import json, os, sys, sysconfig
-nonce = sys.stdin.readline().strip()
+import json, os, resource, sys, sysconfig
+setup = json.loads(sys.stdin.readline())
 sys.stdin.close()
+nonce = setup.pop("nonce")
+for name, value in setup.items():  # soft = hard: the program cannot raise them again
+    resource.setrlimit(getattr(resource, name), (value, value))
 WORK = os.path.realpath(os.getcwd())
 READ = tuple(os.path.realpath(p) for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
 READ += tuple(os.path.realpath(p) for p in sys.path if p and os.path.isdir(p))
@@ -233,19 +236,17 @@ report("passed")
 """
 
 
-def limits_before_exec(limits: CodeLimits):
-    """preexec_fn: the child's rlimits, set in the child between fork and exec."""
-    memory = limits.memory_mb * 1024 * 1024
-    cpu = int(limits.timeout_s) + 1
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, OUTPUT_LIMIT))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-
-    return apply
+def runner_setup(nonce: str, limits: CodeLimits) -> bytes:
+    """The runner's first stdin line: the nonce and the rlimits it sets on itself before the program's first
+    line. Set there rather than in a preexec_fn, which is unsafe in a parent with threads (torch's)."""
+    rlimits = {
+        "RLIMIT_AS": limits.memory_mb * 1024 * 1024,
+        "RLIMIT_CPU": int(limits.timeout_s) + 1,
+        "RLIMIT_FSIZE": OUTPUT_LIMIT,
+        "RLIMIT_CORE": 0,
+        "RLIMIT_NPROC": 0,
+    }
+    return (json.dumps({"nonce": nonce, **rlimits}) + "\n").encode()
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -289,13 +290,12 @@ def run_program(program: str, tests: str, limits: CodeLimits = CodeLimits()) -> 
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=limits_before_exec(limits),
                 close_fds=True,
             )
             timed_out = False
             try:
                 try:
-                    proc.stdin.write((nonce + "\n").encode())
+                    proc.stdin.write(runner_setup(nonce, limits))
                     proc.stdin.close()
                 except (BrokenPipeError, OSError):
                     pass
