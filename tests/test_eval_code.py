@@ -22,7 +22,7 @@ from llmjepa.evaluation.code_execution import (
 )
 from llmjepa.evaluation.scorers import scorer_for
 
-LIMITS = CodeLimits(timeout_s=2.0, memory_mb=512)
+LIMITS = CodeLimits(timeout_s=3.0, memory_mb=512)
 TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
 CORRECT = "def add(a, b):\n    return a + b\n"
 OUTSIDE = Path("/tmp/llmjepa-test-eval-code-outside.txt")  # a file the programs must not write
@@ -35,7 +35,7 @@ CRAFTED = {
     "raises": ("def add(a, b):\n    return a + c\n", "error", "NameError"),
     "loops_forever": ("def add(a, b):\n    while True:\n        pass\n", "timeout", "wall time"),
     "sleeps": ("import time\ntime.sleep(60)\n", "timeout", "wall time"),
-    "allocates_without_bound": ("x = []\nwhile True:\n    x.append(' ' * 10**7)\n", "memory", "MemoryError"),
+    "allocates_without_bound": ("x = []\nwhile True:\n    x.append(bytearray(10**8))\n", "memory", "MemoryError"),
     "reads_a_file_outside": ("print(open('/etc/hostname').read())\n" + CORRECT, "blocked", "/etc/hostname"),
     "reads_a_relative_path_outside": ("open('../../../etc/passwd').read()\n" + CORRECT, "blocked", "open"),
     "writes_a_file_outside": (f"open('{OUTSIDE}', 'w').write('x')\n" + CORRECT, "blocked", str(OUTSIDE)),
@@ -161,8 +161,8 @@ def test_llmjepa_eval_records_pass_at_1_and_the_reasons(tmp_path: Path, capsys) 
     out = tmp_path / "out"
     argv = ["--input_file", str(data), "--predictions_file", str(preds), "--output_dir", str(out)]
     start = time.monotonic()
-    assert main([*argv, "--dataset", "code", "--allow_code_execution", "--code_timeout", "1.5"]) == 0
-    assert time.monotonic() - start < 20  # one program runs out its 1.5 s; the others take a fraction of a second
+    assert main([*argv, "--dataset", "code", "--allow_code_execution", "--code_timeout", "3"]) == 0
+    assert time.monotonic() - start < 25  # one program runs out its 3 s; the others take a fraction of a second
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pass@1"] == summary["accuracy"] == 0.2 and summary["n"] == 10
     assert summary["code_results"] == {r: 0 for r in REASONS} | {
@@ -173,7 +173,7 @@ def test_llmjepa_eval_records_pass_at_1_and_the_reasons(tmp_path: Path, capsys) 
         "memory": 1,
         "blocked": 4,
     }
-    assert summary["code_limits"] == {"timeout_s": 1.5, "memory_mb": 1024}
+    assert summary["code_limits"] == {"timeout_s": 3.0, "memory_mb": 1024}
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["code_result"] for r in records][:4] == ["passed", "failed", "syntax_error", "timeout"]
     assert all(r["correct"] == (r["code_result"] == "passed") for r in records)

@@ -113,3 +113,15 @@ def test_liger_without_the_package_or_a_device_is_refused_before_loading(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Liger's kernels are Triton GPU kernels; this run has no CUDA device" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_liger_is_not_part_of_the_run_identity(tmp_path: Path, monkeypatch) -> None:
+    """How the run computes, as --impl: a checkpoint trained without Liger resumes with it."""
+    from llmjepa.commands.run_folder import run_flags
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # lets --use_liger_kernel past its device check on a CPU
+    base = ["--output_dir", str(tmp_path)]
+    plain = run_flags(parse_args(base))
+    with_liger = run_flags(parse_args([*base, "--use_liger_kernel", "--liger_kernel_config", ON_CPU]))
+    assert plain == with_liger
+    assert run_flags(parse_args([*base, "--lbd", "0.5"])) != plain  # a flag that does change the run
