@@ -24,6 +24,15 @@ import torch
 
 from .. import distributed
 from ..errors import UserError
+from ..evaluation.code_execution import (
+    REASONS,
+    CodeLimits,
+    program_tests,
+    read_test_fields,
+    sandbox_description,
+    score_code,
+    source_line,
+)
 from ..evaluation.generation import (
     ChoiceGenerator,
     GenerationSettings,
@@ -78,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--spider_path", help="spider databases: <spider_path>/<db_id>/<db_id>.sqlite")
     sc.add_argument("--spider_timeout", type=float, default=30.0, help="seconds a query may run before it is wrong")
     sc.add_argument("--max_examples", type=int, default=0, help="the first N examples (0: all)")
+    sc.add_argument(
+        "--allow_code_execution",
+        action="store_true",
+        help="--dataset code: run the generated programs (in a limited process; docs/eval.md says what that "
+        "guards against and what not; off by default)",
+    )
+    sc.add_argument("--code_timeout", type=float, default=5.0, help="--dataset code: wall seconds per program")
+    sc.add_argument("--code_memory_mb", type=int, default=1024, help="--dataset code: address space per program")
     gen = p.add_argument_group("generation")
     gen.add_argument("--batch_size", type=int, default=16)
     gen.add_argument("--max_new_tokens", type=int, default=128)
@@ -108,6 +125,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("give --model_name (generate) or --predictions_file (score given predictions), one of them")
     if args.predictions_file and (args.base_model or args.similarity):
         raise UserError("--base_model and --similarity need a model: use --model_name, not --predictions_file")
+    if args.dataset == "code" and not args.allow_code_execution:
+        raise UserError("--dataset code runs the generated programs: add --allow_code_execution to allow it")
+    if not (math.isfinite(args.code_timeout) and args.code_timeout > 0) or args.code_memory_mb < 64:
+        raise UserError("--code_timeout must be a finite number > 0 and --code_memory_mb >= 64")
     for name in ("temperature", "top_p", "repetition_penalty", "spider_timeout"):
         if not math.isfinite(getattr(args, name)):
             raise UserError(f"--{name} must be a finite number (got {getattr(args, name)})")
@@ -163,7 +184,22 @@ def load_input(args: argparse.Namespace) -> list[Example]:
     if args.max_examples:
         examples = examples[: args.max_examples]
     check_references(examples, args)
+    if args.scorer == "code":
+        args.code_tests = code_tests(args.input_file, examples)
     return examples
+
+
+def code_tests(path: str, examples: list[Example]) -> dict[str, str]:
+    """Example.source -> the Python that tests its program ("test", "test_list"; code_execution.program_tests),
+    every example checked before any generation."""
+    fields = read_test_fields(path)
+    tests = {}
+    for ex in examples:
+        test = program_tests(fields[source_line(ex.source)])
+        if test is None:
+            raise UserError(f'{ex.source}: code scoring needs a "test" string or a "test_list" of strings')
+        tests[ex.source] = test
+    return tests
 
 
 def check_references(examples: list[Example], args: argparse.Namespace) -> None:
@@ -212,18 +248,30 @@ def read_predictions(path: str, n: int, max_examples: int = 0) -> list[str]:
 class Scoring:
     cfg: ScoreConfig
     startswith: bool
+    code_tests: dict[str, str] | None = None  # --dataset code: Example.source -> its tests
+    code_limits: CodeLimits = field(default_factory=CodeLimits)
 
     def record(self, index: int, example: Example, prompt: str, raw: str) -> dict:
         prediction = clean_prediction(raw)
-        try:
-            correct = is_correct(self.cfg, prediction, example.messages)
-        except ValueError as e:
-            raise UserError(f"{example.source}: {e}") from None
         rec = {"index": index, "prompt": prompt, "prediction": prediction, "reference": example.assistant}
-        rec["correct"] = correct
+        if self.cfg.scorer == "code":
+            result = score_code(prediction, self.code_tests[example.source], self.code_limits)
+            rec.update(correct=result.passed, code_result=result.reason, code_detail=result.detail)
+            rec["code_seconds"] = result.seconds
+        else:
+            try:
+                rec["correct"] = is_correct(self.cfg, prediction, example.messages)
+            except ValueError as e:
+                raise UserError(f"{example.source}: {e}") from None
         if self.startswith:
             rec["startswith"] = startswith_correct(prediction, example.assistant)
         return rec
+
+
+def scoring_for(args: argparse.Namespace) -> Scoring:
+    cfg = ScoreConfig(args.scorer, args.numeric, args.spider_path, args.spider_timeout)
+    limits = CodeLimits(timeout_s=args.code_timeout, memory_mb=args.code_memory_mb)
+    return Scoring(cfg, args.startswith, getattr(args, "code_tests", None), limits)
 
 
 def rank_file(out: Path, rank: int, world: int) -> Path:
@@ -347,6 +395,8 @@ def evaluate_model(name: str, examples: list[Example], args: argparse.Namespace,
     settings = settings_from(args)
     config = {"input_file": os.path.abspath(args.input_file), "n": len(examples), "model": name}
     config.update(scorer=args.scorer, plain=args.plain, max_length=args.max_length, generation=settings.as_dict())
+    if args.scorer == "code":  # records scored under other limits are not this run's
+        config["code_limits"] = {"timeout_s": args.code_timeout, "memory_mb": args.code_memory_mb}
     out.mkdir(parents=True, exist_ok=True)
     if world > 1:
         barrier(world)  # rank 0 made the folder
@@ -369,7 +419,7 @@ def evaluate_model(name: str, examples: list[Example], args: argparse.Namespace,
     prompts = [p[-args.max_length :] for p in prompts]
     generator = make_generator(name, model, tokenizer, settings, args, vllm)
     batch_size = max(args.batch_size, 1024) if vllm else args.batch_size  # vLLM schedules its own batches
-    scoring = Scoring(ScoreConfig(args.scorer, args.numeric, args.spider_path, args.spider_timeout), args.startswith)
+    scoring = scoring_for(args)
     tokens, gen_seconds = 0, 0.0
     progress = progress_bar(len(pending), f"{os.path.basename(name.rstrip('/'))} rank {rank}", args, rank)
     with open(rank_file(out, rank, world), "a", encoding="utf-8") as f:
@@ -441,7 +491,7 @@ def progress_bar(total: int, desc: str, args: argparse.Namespace, rank: int):
 def evaluate_predictions(examples: list[Example], args: argparse.Namespace, out: Path) -> Outcome:
     start = time.perf_counter()
     predictions = read_predictions(args.predictions_file, len(examples), args.max_examples)
-    scoring = Scoring(ScoreConfig(args.scorer, args.numeric, args.spider_path, args.spider_timeout), args.startswith)
+    scoring = scoring_for(args)
     records = [
         scoring.record(i, ex, ex.messages[-2]["content"], p) for i, (ex, p) in enumerate(zip(examples, predictions))
     ]
@@ -484,6 +534,11 @@ def summarize(outcome: Outcome, args: argparse.Namespace, model: str) -> dict:
         "seconds": round(outcome.seconds, 3),
         "backend": outcome.backend,
     }
+    if args.scorer == "code":
+        summary["pass@1"] = summary["accuracy"]
+        summary["code_results"] = {reason: sum(r["code_result"] == reason for r in records) for reason in REASONS}
+        summary["code_limits"] = {"timeout_s": args.code_timeout, "memory_mb": args.code_memory_mb}
+        summary["code_sandbox"] = sandbox_description()
     if args.startswith:
         summary["startswith_accuracy"] = sum(r["startswith"] for r in records) / n if n else 0.0
     if outcome.backend != "predictions_file":
@@ -548,6 +603,9 @@ def run(args: argparse.Namespace) -> dict:
     if "comparison" in summary:
         c = summary["comparison"]
         print(f"changed by fine-tuning: {len(c['fixed'])} fixed, {len(c['broken'])} broken, {c['unchanged']} unchanged")
+    if "code_results" in summary:
+        counts = ", ".join(f"{n} {reason}" for reason, n in summary["code_results"].items() if n)
+        print(f"pass@1 {summary['pass@1']:.4f}: {counts} ({summary['code_sandbox']})")
     if "startswith_accuracy" in summary:
         print(f"startswith accuracy: {summary['startswith_accuracy']:.4f}")
     if "similarity" in summary:

@@ -49,8 +49,22 @@ class FieldFlag:
     metavar: Any = None
 
 
+def json_object(text: str) -> dict:
+    """The parser of a dict-typed TrainingArguments field (liger_kernel_config): HfArgumentParser gives it the
+    type `dict[str, bool]`, which cannot read a command-line string, so the flag refused every value."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON object")
+    return value
+
+
 def training_fields() -> list[FieldFlag]:
     """Every TrainingArguments field as HfArgumentParser makes its flag (imports transformers, and torch)."""
+    import typing
+
     from transformers import HfArgumentParser, TrainingArguments
 
     flags = []
@@ -67,7 +81,7 @@ def training_fields() -> list[FieldFlag]:
                 action.help or "",
                 action.default,
                 store_false,
-                action.type,
+                json_object if dict in (action.type, typing.get_origin(action.type)) else action.type,
                 action.nargs,
                 action.const,
                 action.choices,
@@ -343,7 +357,7 @@ def config_value(action: argparse.Action, value: Any, where: str) -> Any:
     if isinstance(value, dict):
         if not takes_mapping(action):
             raise UserError(f"{where}: expected {expected_kind(action)}, got a mapping")
-        return value if action.type in (None, str) else json.dumps(value)
+        return value if action.type in (None, str, json_object) else json.dumps(value)
     if isinstance(value, bool) and action.type not in (None, str) and not takes_booleans(action):
         raise UserError(f"{where}: expected {expected_kind(action)}, got {yaml_kind(value)}")
     if isinstance(value, float) and action.type is int:

@@ -74,6 +74,8 @@ NOT_RUN_FIELD_PREFIXES = (
     "hub_",
     "dataloader_",
     "disable_tqdm",
+    "use_liger_kernel",  # how it runs, as --impl: the same functions through other kernels
+    "liger_kernel_config",
     "log_",
     "prediction_loss_only",
     "output_dir",

@@ -106,6 +106,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     from .stp_flags import check_stp_args
 
     check_stp_args(args)
+    check_liger(args)
     if args.regular and args.jepa_layer != -1:
         raise UserError("--regular trains without views; --jepa_layer chooses the layer the views read")
     check_paths(args)
@@ -300,6 +301,26 @@ def attention_backend_choice(args: argparse.Namespace) -> str | None:
     if chosen == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise UserError("--attention_backend triton needs CUDA (or the Triton interpreter: TRITON_INTERPRET=1)")
     return chosen
+
+
+def check_liger(args: argparse.Namespace) -> None:
+    """--use_liger_kernel (a TrainingArguments field: the Trainer patches the model's RMSNorm, SwiGLU MLP and
+    RoPE with Liger's Triton kernels when training starts; both executors then run the patched modules). Checked
+    here, so that a missing package or a machine without CUDA is one line before anything loads, not an
+    ImportError or a Triton error with its traceback once the model is loaded."""
+    overrides = getattr(args, "training_overrides", None) or {}
+    if not overrides.get("use_liger_kernel"):
+        if overrides.get("liger_kernel_config"):
+            raise UserError("--liger_kernel_config configures --use_liger_kernel: add it, or drop the config")
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise UserError('--use_liger_kernel needs the liger-kernel package: pip install -e ".[liger]"')
+    import torch
+
+    if (overrides.get("use_cpu") or not torch.cuda.is_available()) and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UserError("--use_liger_kernel: Liger's kernels are Triton GPU kernels; this run has no CUDA device")
 
 
 def unescape(text: str) -> str:

@@ -11,6 +11,8 @@ One scorer per dataset family, chosen by `--dataset` or by the input file's base
   without a number is wrong. Not upstream's: it makes the embedded default's demo scorable.
 - hellaswag: the prediction is a letter A-D chosen by the next-token probabilities (see generation.py),
   then exact match.
+- code (only by `--dataset code`, never by the file's name: it runs the generated programs): pass@1,
+  each program run with the example's tests in a limited process (code_execution.py).
 - synth, turk and everything else: exact match.
 - `startswith`: the prediction starts with the reference (for untemplated models), reported beside.
 
@@ -30,7 +32,9 @@ from urllib.parse import quote
 
 from ..errors import UserError
 
-SCORERS = ("gsm8k", "spider", "nq_open", "hellaswag", "sums", "synth", "turk", "exact")
+SCORERS = ("gsm8k", "spider", "nq_open", "hellaswag", "sums", "synth", "turk", "code", "exact")
+# Chosen by the input file's base name: all but "code" (running programs is asked for, never inferred).
+BY_NAME = tuple(name for name in SCORERS[:-1] if name != "code")
 GSM8K_ANSWER = re.compile(r"\n#### (.+)$")  # upstream's pattern: the last line, after a newline
 SPIDER_DB_ID = re.compile(r"For db_id:\[(.+)\]")
 NUMBER = re.compile(r"[-+]?\$?(\d[\d,]*(\.\d*)?|\.\d+)")
@@ -48,7 +52,7 @@ def scorer_for(input_file: str, dataset: str | None = None) -> str:
             raise UserError(f"--dataset {dataset}: expected one of {', '.join(SCORERS)}")
         return dataset
     base = Path(input_file).name.lower()
-    return next((name for name in SCORERS[:-1] if base.startswith(name)), "exact")
+    return next((name for name in BY_NAME if base.startswith(name)), "exact")
 
 
 def clean_prediction(text: str) -> str:
@@ -208,6 +212,8 @@ def is_correct(cfg: ScoreConfig, prediction: str, messages: list[dict]) -> bool:
         return sums_correct(prediction, reference)
     if cfg.scorer == "nq_open":
         return nq_open_correct(prediction, reference)
+    if cfg.scorer == "code":  # it needs the example's tests and a sandbox: llmjepa-eval's Scoring runs it
+        raise ValueError("code is scored by running it with its tests: llmjepa-eval --dataset code")
     return prediction == reference
 
 
