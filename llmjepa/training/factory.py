@@ -44,6 +44,7 @@ class RunOptions:
     attention_backend: str | None = None  # run_fast's `attention`; None: execution.fast.default_attention_backend
     kernel_check: str = "auto"  # run_fast's self-check of the backend on CUDA: auto | strict | off
     linear_predictor_from: str | None = None  # --load_lp: the model directory whose linear predictor to load
+    data_format: Any = None  # views.formats.DataFormat: column names, system prompt, formatting function
 
 
 @dataclass
@@ -156,14 +157,18 @@ def make_collator(
     )
 
 
-def tokenize_datasets(kwargs: dict[str, Any], tokenizer: Any, cfg: ViewConfig) -> None:
-    """Datasets of {"messages": [...]} rows, checked and tokenized once (a bad row: one line naming it)."""
+def tokenize_datasets(kwargs: dict[str, Any], tokenizer: Any, cfg: ViewConfig, data_format: Any = None) -> None:
+    """Datasets of rows in any format views/formats.py recognises (a list, a datasets.Dataset, a DatasetDict's
+    split), checked and tokenized once (a bad row: one line naming it)."""
     from ..views.encoding import encode_all
     from ..views.examples import examples_from_records
+    from ..views.formats import DEFAULT_FORMAT, dataset_split
 
     for name in DATASETS:
         if not is_encoded(kwargs.get(name)):
-            encoded, report = encode_all(examples_from_records(kwargs[name], name), tokenizer, cfg)
+            rows, label = dataset_split(kwargs[name], name)
+            examples = examples_from_records(rows, label, data_format or DEFAULT_FORMAT)
+            encoded, report = encode_all(examples, tokenizer, cfg)
             for line in report.lines(name, cfg.max_length, cfg.num_prediction_steps):
                 logger.warning("llmjepa: %s", line)
             kwargs[name] = encoded
@@ -206,7 +211,7 @@ def decide(
         model = kwargs["model"] = get_peft_model(model, peft_config)
         if getattr(kwargs.get("args"), "gradient_checkpointing", False):
             model.enable_input_require_grads()  # checkpointed LoRA layers need inputs that require grad
-    tokenize_datasets(kwargs, tokenizer, cfg)
+    tokenize_datasets(kwargs, tokenizer, cfg, options.data_format)
     if kwargs.get("data_collator") is None:
         kwargs["data_collator"] = make_collator(
             cfg, tokenizer, model, loss_config, executor, options, kwargs.get("args")
