@@ -317,3 +317,54 @@ def test_library_takes_a_dataset_dict_and_prompt_completion(tmp_path: Path) -> N
             train_dataset=datasets.DatasetDict({"a": table, "b": table}),
             processing_class=tokenizer,
         )
+
+
+# ---- streaming: an IterableDataset, tokenized as training draws it ------------------------------------------
+@pytest.mark.parametrize("impl", IMPLS)
+def test_streaming_takes_the_same_step_as_the_whole_dataset(tmp_path: Path, impl: str) -> None:
+    """Two rows, one batch of two: the stream's first step is the loaded dataset's (within float sums' order)."""
+    datasets.Dataset.from_list(bundled_rows(2)).to_parquet(str(tmp_path / "two.parquet"))
+    flags = ["--dataset_name", tmp_path / "two.parquet", "--predictors", "1", "--impl", impl]
+    want = first_record(tmp_path, "whole", *flags)
+    got = first_record(tmp_path, "stream", *flags, "--dataset_streaming")
+    for key in COMPARED:
+        assert math.isclose(got[key], want[key], rel_tol=1e-5, abs_tol=1e-6), (key, got[key], want[key])
+
+
+def test_streaming_trains_its_steps_and_needs_max_train_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    pairs = [{"prompt": f"What is {k} + 1?", "completion": f"{k + 1}"} for k in range(5)]
+    pairs[1]["completion"] = ""
+    datasets.Dataset.from_list(pairs).to_parquet(str(tmp_path / "pc.parquet"))
+    base = ["--dataset_name", tmp_path / "pc.parquet", "--dataset_streaming", "--batch_size", "2", "--grad_accum", "1"]
+    rc, _, err = run_cli(capsys, *base, "--output_dir", tmp_path / "a")
+    one_line_error(rc, err, "--dataset_streaming", "--max_train_steps")
+    rc, _, err = run_cli(capsys, *base, "--max_train_steps", "3", "--output_dir", tmp_path / "b")
+    assert rc == 2 and "Traceback" not in err, err  # met while training (after the progress bar has started)
+    assert err.strip().endswith(
+        "llmjepa-train: error: " + f"{tmp_path / 'pc.parquet'} (split train, row 1): empty assistant message"
+    )
+    rc, out, err = run_cli(capsys, *base, "--max_train_steps", "3", "--drop_bad_rows", "--output_dir", tmp_path / "c")
+    assert rc == 0, err
+    assert "llmjepa: bad row dropped: " in caplog.text and "(split train, row 1): empty assistant" in caplog.text
+    steps = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in steps)
+
+
+def test_library_takes_an_iterable_dataset(tmp_path: Path) -> None:
+    from transformers import TrainingArguments
+
+    stream = datasets.Dataset.from_list(bundled_rows()).to_iterable_dataset()
+    tokenizer = load_tokenizer(DEFAULT_MODEL_NAME)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=3, use_cpu=True)
+    args.report_to = []
+    trainer = JepaTrainer(
+        model=load_model(DEFAULT_MODEL_NAME, tokenizer),
+        args=args,
+        train_dataset=stream,
+        processing_class=tokenizer,
+        view_config=ViewConfig(predictors=1),
+    )
+    trainer.train()
+    assert len(trainer.history) == 3 and all(r["pairs"] > 0 and math.isfinite(r["loss"]) for r in trainer.history)

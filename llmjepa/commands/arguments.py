@@ -325,6 +325,15 @@ class DatasetArguments:
         default=False,
         metadata={"help": "drop rows no format accepts and count them by kind (default: the first one is refused)"},
     )
+    dataset_streaming: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "read --dataset_name as a stream (datasets.IterableDataset), tokenized as training draws it, in "
+                "the source's order; needs --max_train_steps"
+            )
+        },
+    )
 
 
 ARGUMENT_CLASSES = (

@@ -287,15 +287,22 @@ def build_run(args: argparse.Namespace) -> Run:
     derived = derive(args)
     cfg = derived.view
     bad_rows: dict = {}
-    train_examples, eval_examples, source = load_data(args, bad_rows)
     dropped: dict[str, int] = {}
-    train_set = encode_split(train_examples, tokenizer, cfg, source, dropped)
+    if getattr(args, "dataset_streaming", False):  # tokenized as training draws it (commands/sources.py)
+        from .sources import stream_train_set
+
+        train_set, eval_examples = stream_train_set(args, tokenizer, cfg)
+        source, n_train = args.dataset_name, args.batch_size * args.grad_accum * args.max_train_steps
+    else:
+        train_examples, eval_examples, source = load_data(args, bad_rows)
+        train_set = encode_split(train_examples, tokenizer, cfg, source, dropped)
+        check_enough(train_set, args.batch_size, source)
+        n_train = len(train_set)
     eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source, dropped) if eval_examples else None
-    check_enough(train_set, args.batch_size, source)
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     trainer = JepaTrainer(
         model=load_model_from_args(args, tokenizer, dtype),
-        args=training_arguments(args, len(train_set), eval_set is not None, checkpointing),
+        args=training_arguments(args, n_train, eval_set is not None, checkpointing),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,

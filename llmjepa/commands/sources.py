@@ -21,7 +21,7 @@ from ..views.formats import BadRows, DataFormat
 # a local file's datasets builder, by its suffix (a JSONL file is read here, naming lines)
 BUILDERS = {".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes at a folder's top
-DATASET_ONLY_FLAGS = ("dataset_config", "dataset_eval_split")
+DATASET_ONLY_FLAGS = ("dataset_config", "dataset_eval_split", "dataset_streaming")
 
 
 def data_format_of(args: argparse.Namespace) -> DataFormat:
@@ -79,6 +79,10 @@ def check_dataset_args(args: argparse.Namespace, hub_unreachable: Callable[[str,
         raise UserError("give --dataset_name or --train_file/--data_file, not both")
     if args.dataset_eval_split and (args.eval_split or args.eval_file):
         raise UserError("--dataset_eval_split holds out a split; it contradicts --eval_split and --eval_file")
+    if args.dataset_streaming and args.max_train_steps < 1:
+        raise UserError("--dataset_streaming has no length to count epochs by: give --max_train_steps")
+    if args.dataset_streaming and args.eval_split:
+        raise UserError("--dataset_streaming cannot hold out a fraction (--eval_split): give --dataset_eval_split")
     name = args.dataset_name
     if is_local(name):
         path = Path(name).expanduser()
@@ -101,8 +105,8 @@ def check_dataset_args(args: argparse.Namespace, hub_unreachable: Callable[[str,
         )
 
 
-def open_split(args: argparse.Namespace, split: str) -> Any:
-    """One split of --dataset_name as a datasets.Dataset."""
+def open_split(args: argparse.Namespace, split: str, streaming: bool = False) -> Any:
+    """One split of --dataset_name as a datasets.Dataset (streaming: an IterableDataset)."""
     import datasets
 
     name = args.dataset_name
@@ -115,14 +119,15 @@ def open_split(args: argparse.Namespace, split: str) -> Any:
             if isinstance(saved, datasets.DatasetDict):
                 if split not in saved:
                     raise UserError(f"--dataset_name {name}: no split {split!r} (splits: {', '.join(saved)})")
-                return saved[split]
-            if split != "train":
+                saved = saved[split]
+            elif split != "train":
                 raise UserError(f"--dataset_name {name}: one dataset saved, no splits; split {split!r} is not in it")
-            return saved
+            return saved.to_iterable_dataset() if streaming else saved
         if path.is_file():
-            builder = BUILDERS[path.suffix.lower()]
-            return datasets.load_dataset(builder, data_files={"train": str(path)}, split=split)
-        return datasets.load_dataset(str(path) if path.is_dir() else name, args.dataset_config, split=split)
+            builder = BUILDERS.get(path.suffix.lower(), "json")  # a .jsonl streamed: datasets' json reader
+            return datasets.load_dataset(builder, data_files={"train": str(path)}, split=split, streaming=streaming)
+        source = str(path) if path.is_dir() else name
+        return datasets.load_dataset(source, args.dataset_config, split=split, streaming=streaming)
     except UserError:
         raise
     except Exception as e:  # datasets' own errors (a missing split, an unreadable file, the Hub): one line
@@ -158,3 +163,23 @@ def load_dataset_examples(
     elif args.eval_split:
         train, held = split_examples(train, args.eval_split, args.split_seed)
     return train, held
+
+
+def stream_train_set(args: argparse.Namespace, tokenizer: Any, cfg: Any) -> tuple[Any, list[Example]]:
+    """--dataset_streaming: the train split as an EncodedStream (views/streaming.py), its first example read and
+    tokenized now (a bad first row, or text rows with a JEPA mode, fail before the model loads), and the eval
+    split (--dataset_eval_split) read whole."""
+    from ..views.streaming import EncodedStream
+
+    name, split = args.dataset_name, args.dataset_split
+    fmt = data_format_of(args)
+    where = lambda k: f"{name} (split {split}, row {k})"  # noqa: E731
+    stream = EncodedStream(open_split(args, split, streaming=True), tokenizer, cfg, fmt, args.drop_bad_rows, where)
+    if next(iter(stream), None) is None:
+        raise UserError(f"--dataset_name {name}: split {split!r}: no examples")
+    stream.bad_rows, stream.report = BadRows(drop=args.drop_bad_rows), type(stream.report)()  # counted from the start
+    held: list[Example] = []
+    if args.dataset_eval_split:
+        eval_split = args.dataset_eval_split
+        held = read_split(args, eval_split, fmt, BadRows(drop=args.drop_bad_rows))
+    return stream, held
