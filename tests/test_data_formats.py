@@ -368,3 +368,25 @@ def test_library_takes_an_iterable_dataset(tmp_path: Path) -> None:
     )
     trainer.train()
     assert len(trainer.history) == 3 and all(r["pairs"] > 0 and math.isfinite(r["loss"]) for r in trainer.history)
+
+
+def test_library_maps_columns_with_a_data_format(tmp_path: Path) -> None:
+    from transformers import TrainingArguments
+
+    from llmjepa import DataFormat, RunOptions
+
+    table = datasets.Dataset.from_list(GSM8K)
+    tokenizer = load_tokenizer(DEFAULT_MODEL_NAME)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, use_cpu=True)
+    args.report_to = []
+    model = load_model(DEFAULT_MODEL_NAME, tokenizer)
+    with pytest.raises(UserError, match=r"train_dataset\[0\]: expected an object with .*columns: answer, question"):
+        JepaTrainer(model=model, args=args, train_dataset=table, processing_class=tokenizer)
+    trainer = JepaTrainer(
+        model=model,
+        args=args,
+        train_dataset=table,
+        processing_class=tokenizer,
+        run_options=RunOptions(data_format=DataFormat(prompt_field="question", completion_field="answer")),
+    )
+    assert len(trainer.train_dataset) == N_ROWS and trainer.train_dataset[0].code_ids
