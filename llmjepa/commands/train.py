@@ -60,6 +60,9 @@ def build_parser(help_only: bool = False) -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Reject contradictory flags; fill defaults that depend on other flags."""
+    from .sources import check_dataset_args
+
+    check_dataset_args(args, hub_unreachable)  # --dataset_name first: a Hub id that does not answer fails before torch
     if args.regular:
         given = [f"--{f}" for f in JEPA_ONLY_FLAGS if getattr(args, f)]
         given += ["--lbd"] * (args.lbd is not None) + ["--predictors"] * (args.predictors != 0)
@@ -172,9 +175,6 @@ def check_numbers(args: argparse.Namespace) -> None:
 def check_paths(args: argparse.Namespace) -> None:
     """Paths of the right kind, before anything is loaded (a missing checkpoint, a directory given
     as a data file, an output folder that is a file)."""
-    from .sources import check_dataset_args
-
-    check_dataset_args(args, hub_unreachable)  # --dataset_name: a local path, or a Hub id that answers
     for flag in ("train_file", "eval_file", "data_file"):
         path = getattr(args, flag)
         if path is None:
