@@ -390,3 +390,33 @@ def test_library_maps_columns_with_a_data_format(tmp_path: Path) -> None:
         run_options=RunOptions(data_format=DataFormat(prompt_field="question", completion_field="answer")),
     )
     assert len(trainer.train_dataset) == N_ROWS and trainer.train_dataset[0].code_ids
+
+
+# ---- --jepa_turns all: one Text -> Code pair per exchange ------------------------------------------------------
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("additive", [False, True])
+def test_jepa_turns_all_pairs_every_exchange(tmp_path: Path, impl: str, additive: bool) -> None:
+    data = write_jsonl(tmp_path / "multi.jsonl", multi_turn_rows())
+    flags = ["--dataset_name", data, "--predictors", "1", "--impl", impl, *(["--additive_mask"] * additive)]
+    last = first_record(tmp_path, "last", *flags)
+    every = first_record(tmp_path, "all", *flags, "--jepa_turns", "all")
+    assert every["pairs"] == 2 * last["pairs"] == 4  # a batch of 2 conversations of 2 exchanges each
+    assert every["label_tokens"] == last["label_tokens"] and every["rows"] > last["rows"]
+    assert math.isfinite(every["jepa_loss"]) and every["jepa_loss"] > 0
+    # one-turn rows: the same step as without it
+    one = write_jsonl(tmp_path / "one.jsonl", bundled_rows())
+    assert_same_step(
+        first_record(tmp_path, "one-all", "--train_file", one, "--jepa_turns", "all", "--impl", impl),
+        first_record(tmp_path, "one-last", "--train_file", one, "--impl", impl),
+    )
+
+
+def test_jepa_turns_all_reads_each_exchange_and_is_view_based_only() -> None:
+    tokenizer = load_tokenizer(DEFAULT_MODEL_NAME)
+    row = multi_turn_rows(1)[0]
+    (enc,), _ = encode_all(examples_from_records([row]), tokenizer, ViewConfig(predictors=1, jepa_turns="all"))
+    ((text, code),) = enc.earlier_views
+    assert row["messages"][1]["content"] in tokenizer.decode(text) and "<|predictor_1|>" in tokenizer.decode(text)
+    assert tokenizer.decode(code).endswith(row["messages"][2]["content"] + "<|eot_id|>")
+    with pytest.raises(UserError, match="view-based LLM-JEPA only"):
+        ViewConfig(num_prediction_steps=2, jepa_turns="all")

@@ -321,6 +321,10 @@ class DatasetArguments:
     label_turns: Literal["all", "last"] = field(
         default="all", metadata={"help": "multi-turn conversations: LM labels on every assistant turn, or the last"}
     )
+    jepa_turns: Literal["last", "all"] = field(
+        default="last",
+        metadata={"help": "view-based JEPA on multi-turn conversations: the last exchange's pair, or one per exchange"},
+    )
     drop_bad_rows: bool = field(
         default=False,
         metadata={"help": "drop rows no format accepts and count them by kind (default: the first one is refused)"},

@@ -65,6 +65,7 @@ class ViewConfig:
     jepa_layer: int = -1  # hidden_states index the pairs read (-1: the last, after the final norm)
     drop_long_prompts: bool = True  # a prompt alone filling max_length: example dropped, counted (False: refused)
     label_turns: str = "all"  # multi-turn conversations: LM labels on every assistant turn, or "last" only
+    jepa_turns: str = "last"  # view-based: the last exchange's Text -> Code pair, or "all": one per exchange
 
     def __post_init__(self) -> None:
         if self.isolated_predictors and not self.multi_step:
@@ -83,6 +84,10 @@ class ViewConfig:
             raise UserError(f"--unmask_user adds the user content to the answer's labels; labels {self.labels!r}")
         if self.label_turns not in ("all", "last"):
             raise UserError(f"--label_turns {self.label_turns!r}: expected 'all' or 'last'")
+        if self.jepa_turns not in ("all", "last"):
+            raise UserError(f"--jepa_turns {self.jepa_turns!r}: expected 'all' or 'last'")
+        if self.jepa_turns == "all" and (self.regular or self.multi_step or self.stp is not None):
+            raise UserError(JEPA_TURNS_VIEW_BASED)
 
     @property
     def multi_step(self) -> bool:
@@ -95,6 +100,10 @@ class ViewConfig:
 # predictors. It would change the method and still run a full Code view. docs/views.md says more.
 ENTROPY_NEEDS_STEPS = "--entropy_filter chooses among step pairs: it needs --num_prediction_steps >= 2"
 ENTROPY_NUMBERS = "--entropy_top_k must be >= 1 and --entropy_context_window >= 0"
+JEPA_TURNS_VIEW_BASED = (
+    "--jepa_turns all gives one Text -> Code pair per user -> assistant exchange: view-based LLM-JEPA only "
+    "(not --regular, --num_prediction_steps or --linear)"
+)
 TEXT_NEEDS_REGULAR = (
     'a "text" row is plain language modeling: it has no user and assistant turns to make JEPA views of; '
     'train it with --regular, or give "messages" or "prompt"/"completion" rows (--formatting_func maps other columns)'
@@ -122,6 +131,7 @@ class Encoded:
     fallback: bool = False  # multi-step: no separator in the answer
     content_spans: tuple = ()  # STP: (s_u, e_u, s_a, e_a), the user and assistant contents in view 1
     user_end: int = -1  # --view_based_jepa: the user turn's end-of-turn token (first token after its content)
+    earlier_views: list = field(default_factory=list)  # --jepa_turns all: earlier exchanges' (text_ids, code_ids)
 
 
 @dataclass
@@ -454,24 +464,42 @@ def encode(
         report.fallback += enc.fallback
         report.fewer_steps += 0 < n_found < cfg.num_prediction_steps
         return enc
-    user, assistant = example.messages[example.user_index], example.messages[-1]
-    if cfg.reverse_pred:
-        user, assistant = assistant, user
     predictors = predictor_string(cfg.predictors, cfg.front_pred)
     if example.text_view is not None:  # hellaswag files carry the two views (upstream ignores --reverse_pred there)
         text = field_view_text(tokenizer, example.text_view, cfg, predictors)
         code = field_view_text(tokenizer, example.code_view, cfg, "")
-    else:
-        text = single_message_text(tokenizer, user, cfg, predictors)
-        code = single_message_text(tokenizer, assistant, cfg, "")
-    enc.text_ids = tokenize(tokenizer, text, cfg)[: cfg.max_length]
-    enc.code_ids = tokenize(tokenizer, code, cfg)[: cfg.max_length]
-    for name, ids in (("Text", enc.text_ids), ("Code", enc.code_ids)):
-        if not 0 <= len(ids) + cfg.last_token < len(ids):
-            raise UserError(
-                f"{example.source}: --last_token {cfg.last_token} falls outside the {name} view ({len(ids)} tokens)"
-            )
+        enc.text_ids, enc.code_ids = exchange_ids(tokenizer, text, code, cfg, example.source)
+        return enc
+    user, assistant = example.messages[example.user_index], example.messages[-1]
+    enc.text_ids, enc.code_ids = exchange_view_ids(tokenizer, user, assistant, cfg, predictors, example.source)
+    if cfg.jepa_turns == "all":
+        for j in assistant_turns(example.messages[:-1], example.label_from):
+            users = [i for i in range(j) if example.messages[i]["role"] == "user"]
+            if users and example.messages[j]["content"].strip():
+                pair = (example.messages[users[-1]], example.messages[j])
+                enc.earlier_views.append(exchange_view_ids(tokenizer, *pair, cfg, predictors, example.source))
     return enc
+
+
+def exchange_view_ids(
+    tokenizer: PreTrainedTokenizerBase, user: dict, assistant: dict, cfg: ViewConfig, predictors: str, source: str
+) -> tuple[list[int], list[int]]:
+    """One exchange's Text (the user message with the predictors) and Code (the answer) token ids."""
+    if cfg.reverse_pred:
+        user, assistant = assistant, user
+    text = single_message_text(tokenizer, user, cfg, predictors)
+    code = single_message_text(tokenizer, assistant, cfg, "")
+    return exchange_ids(tokenizer, text, code, cfg, source)
+
+
+def exchange_ids(tokenizer: PreTrainedTokenizerBase, text: str, code: str, cfg: ViewConfig, source: str) -> tuple:
+    text_ids = tokenize(tokenizer, text, cfg)[: cfg.max_length]
+    code_ids = tokenize(tokenizer, code, cfg)[: cfg.max_length]
+    for name, ids in (("Text", text_ids), ("Code", code_ids)):
+        if not 0 <= len(ids) + cfg.last_token < len(ids):
+            where = f"the {name} view ({len(ids)} tokens)"
+            raise UserError(f"{source}: --last_token {cfg.last_token} falls outside {where}")
+    return text_ids, code_ids
 
 
 def encode_all(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig) -> tuple:
