@@ -284,6 +284,66 @@ class RunFolderArguments:
     )
 
 
+@dataclass
+class DatasetArguments:
+    """Data as users have it: datasets sources, formats and column mapping, bad rows (group 'datasets';
+    docs/views.md "Data formats", docs/faults.md "Bad rows")."""
+
+    _argument_group_name = "datasets (docs/views.md: data formats)"
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "a local file (.jsonl .json .csv .tsv .parquet .arrow .txt) or folder that datasets.load_dataset "
+                "reads, a folder written by save_to_disk, or a Hub dataset id (instead of --train_file)"
+            )
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "the --dataset_name configuration (Hub)"})
+    dataset_split: str = field(default="train", metadata={"help": "the --dataset_name split trained on"})
+    dataset_eval_split: str | None = field(
+        default=None,
+        metadata={"help": "a --dataset_name split evaluated every --eval_steps (or --eval_split: a fraction)"},
+    )
+    messages_field: str = field(default="messages", metadata={"help": "the column holding conversations"})
+    prompt_field: str = field(default="prompt", metadata={"help": "the prompt column of prompt-completion rows"})
+    completion_field: str = field(
+        default="completion", metadata={"help": "the completion column of prompt-completion rows"}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "a system message put first in every conversation that has none"}
+    )
+    formatting_func: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "module:function (or file.py:function) mapping each row to a dict with messages, prompt/completion "
+                "or text, a list of messages, or a string"
+            )
+        },
+    )
+    label_turns: Literal["all", "last"] = field(
+        default="all", metadata={"help": "multi-turn conversations: LM labels on every assistant turn, or the last"}
+    )
+    jepa_turns: Literal["last", "all"] = field(
+        default="last",
+        metadata={"help": "view-based JEPA on multi-turn conversations: the last exchange's pair, or one per exchange"},
+    )
+    drop_bad_rows: bool = field(
+        default=False,
+        metadata={"help": "drop rows no format accepts and count them by kind (default: the first one is refused)"},
+    )
+    dataset_streaming: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "read --dataset_name as a stream (datasets.IterableDataset), tokenized as training draws it, in "
+                "the source's order; needs --max_train_steps"
+            )
+        },
+    )
+
+
 ARGUMENT_CLASSES = (
     DataArguments,
     ModelArguments,
@@ -293,6 +353,7 @@ ARGUMENT_CLASSES = (
     LlmjepaArguments,
     StpArguments,
     RunFolderArguments,
+    DatasetArguments,
 )
 
 

@@ -78,6 +78,8 @@ def view_config_of(args: argparse.Namespace, mode: Mode, stp: StpConfig | None) 
         entropy_window=args.entropy_context_window,
         jepa_layer=-1 if mode is Mode.STP else args.jepa_layer,  # STP reads its layer itself (StpConfig.layer)
         drop_long_prompts=getattr(args, "drop_long_prompts", True),  # RunFolderArguments (commands/arguments.py)
+        label_turns=getattr(args, "label_turns", "all"),  # DatasetArguments (commands/arguments.py)
+        jepa_turns=getattr(args, "jepa_turns", "last"),
     )
 
 

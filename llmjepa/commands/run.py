@@ -62,17 +62,34 @@ def same_flop_save_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:
     return max(1, int(steps_per_epoch / same_flop_factor(args)))
 
 
-def load_data(args: argparse.Namespace) -> tuple[list, list, str]:
+def load_data(args: argparse.Namespace, bad_rows: dict | None = None) -> tuple[list, list, str]:
+    """The train and held-out examples and the train source's name; bad_rows (source -> views.formats.BadRows)
+    gets each source's bad rows where --drop_bad_rows drops them (commands/sources.py reads --dataset_name)."""
     from ..default_model import demo_data_path
+    from ..views.formats import BadRows
+    from .sources import data_format_of, load_dataset_examples
 
-    if args.data_file:
-        train, held = split_examples(load_examples(args.data_file), args.eval_split, args.split_seed)
+    fmt = data_format_of(args)
+    bad_rows = {} if bad_rows is None else bad_rows
+    collector = lambda source: bad_rows.setdefault(source, BadRows(drop=args.drop_bad_rows))  # noqa: E731
+    if args.dataset_name:
+        split_rows: dict = {}
+        train, held = load_dataset_examples(args, fmt, split_rows)
+        bad_rows.update({f"{args.dataset_name} (split {split})": rows for split, rows in split_rows.items()})
+        source = args.dataset_name
+    elif args.data_file:
+        examples = load_examples(args.data_file, fmt=fmt, bad_rows=collector(args.data_file))
+        train, held = split_examples(examples, args.eval_split, args.split_seed)
         source = args.data_file
     else:
         source = args.train_file or str(demo_data_path("train"))
-        train, held = load_examples(source), []
+        train, held = load_examples(source, fmt=fmt, bad_rows=collector(source)), []
     if args.eval_file:
-        held = load_examples(args.eval_file)
+        held = load_examples(args.eval_file, fmt=fmt, bad_rows=collector(args.eval_file))
+    for name, rows in bad_rows.items():
+        line = rows.line(name)
+        if line and is_main_process():
+            print(f"llmjepa-train: warning: {line}")
     return train, held, source
 
 
@@ -260,6 +277,7 @@ class Run:
     trainer: JepaTrainer
     metrics_path: Path
     dropped: dict[str, int] = field(default_factory=dict)  # source -> examples dropped (prompt over --max_length)
+    bad_rows: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> kind -> rows (--drop_bad_rows)
 
 
 def build_run(args: argparse.Namespace) -> Run:
@@ -270,15 +288,23 @@ def build_run(args: argparse.Namespace) -> Run:
     tokenizer = load_tokenizer(args.model_name)
     derived = derive(args)
     cfg = derived.view
-    train_examples, eval_examples, source = load_data(args)
+    bad_rows: dict = {}
     dropped: dict[str, int] = {}
-    train_set = encode_split(train_examples, tokenizer, cfg, source, dropped)
+    if getattr(args, "dataset_streaming", False):  # tokenized as training draws it (commands/sources.py)
+        from .sources import stream_train_set
+
+        train_set, eval_examples = stream_train_set(args, tokenizer, cfg)
+        source, n_train = args.dataset_name, args.batch_size * args.grad_accum * args.max_train_steps
+    else:
+        train_examples, eval_examples, source = load_data(args, bad_rows)
+        train_set = encode_split(train_examples, tokenizer, cfg, source, dropped)
+        check_enough(train_set, args.batch_size, source)
+        n_train = len(train_set)
     eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source, dropped) if eval_examples else None
-    check_enough(train_set, args.batch_size, source)
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     trainer = JepaTrainer(
         model=load_model_from_args(args, tokenizer, dtype),
-        args=training_arguments(args, len(train_set), eval_set is not None, checkpointing),
+        args=training_arguments(args, n_train, eval_set is not None, checkpointing),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
@@ -296,7 +322,7 @@ def build_run(args: argparse.Namespace) -> Run:
         source = args.eval_file or args.data_file or ""
         samples, new_tokens = args.eval_accuracy_samples, args.eval_accuracy_max_new_tokens
         add_accuracy_callback(trainer, eval_examples, tokenizer, cfg, source, samples, new_tokens, args.batch_size)
-    return Run(trainer, metrics_path, dropped)
+    return Run(trainer, metrics_path, dropped, {name: rows.counts for name, rows in bad_rows.items() if rows.total})
 
 
 def train(args: argparse.Namespace, argv: list[str] | None = None) -> JepaTrainer | None:
@@ -322,6 +348,7 @@ def train_in_folder(args: argparse.Namespace, argv: list[str] | None, folder: Ru
     run = build_run(args)
     run.trainer.run_identity = folder.identity  # into every checkpoint (training/checkpoints.py)
     folder.dropped = run.dropped
+    folder.bad_rows = run.bad_rows
     if run.trainer.is_world_process_zero():
         prepare_metrics_file(run.metrics_path, resume_from)
         if resume_from:

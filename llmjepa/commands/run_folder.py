@@ -59,6 +59,7 @@ NOT_RUN_FLAGS = frozenset(
         "gradient_checkpointing",
         "train_file",  # the data's bytes are the identity, not the path
         "data_file",
+        "dataset_name",  # the data's contents are the identity (dataset_digest), not the path
         "training_overrides",  # its run-changing fields are listed one by one (run_flags)
     }
 )
@@ -156,8 +157,24 @@ def run_flags(args: argparse.Namespace) -> dict[str, Any]:
 def data_fingerprint(args: argparse.Namespace) -> dict[str, str]:
     from ..default_model import demo_data_path
 
+    if getattr(args, "dataset_name", None):
+        return {"train": dataset_digest(args.dataset_name)}
     source = args.data_file or args.train_file or str(demo_data_path("train"))
     return {"train": "sha256:" + file_digest(source)}
+
+
+def dataset_digest(name: str) -> str:
+    """--dataset_name's contents: a local file's digest, a local folder's (each file's path and digest), or a Hub
+    id as it is (its revision in the datasets cache is not read)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return "sha256:" + file_digest(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            digest.update(f"{p.relative_to(path)}\0{file_digest(p)}\n".encode())
+        return "sha256:" + digest.hexdigest()
+    return f"hub:{name}"
 
 
 def model_fingerprint(name: str) -> dict[str, Any]:
@@ -226,6 +243,7 @@ class RunFolder:
     changes: list[str] = field(default_factory=list)  # --allow_changed_flags: what differs from the checkpoint
     resumed_from: str | None = None
     dropped: dict[str, int] = field(default_factory=dict)  # source -> examples dropped (prompt too long)
+    bad_rows: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> kind -> rows (--drop_bad_rows)
 
     def release(self) -> None:
         if self.lock is not None:
@@ -314,6 +332,7 @@ def write_record(folder: RunFolder, steps: int | None = None) -> None:
             "resumed_from": folder.resumed_from,
             "changed": folder.changes,
             "dropped_long_prompts": folder.dropped,
+            "dropped_bad_rows": folder.bad_rows,
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }

@@ -60,6 +60,9 @@ def build_parser(help_only: bool = False) -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Reject contradictory flags; fill defaults that depend on other flags."""
+    from .sources import check_dataset_args
+
+    check_dataset_args(args, hub_unreachable)  # --dataset_name first: a Hub id that does not answer fails before torch
     if args.regular:
         given = [f"--{f}" for f in JEPA_ONLY_FLAGS if getattr(args, f)]
         given += ["--lbd"] * (args.lbd is not None) + ["--predictors"] * (args.predictors != 0)
@@ -85,9 +88,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--train_all and --upstream_labels choose different labels; give one")
     if args.train_file and args.data_file:
         raise UserError("give --train_file or --data_file, not both")
-    if args.eval_split is not None and not args.data_file:
-        raise UserError("--eval_split splits --data_file; with --train_file use --eval_file")
-    args.eval_split = 0.2 if args.eval_split is None else args.eval_split
+    if args.eval_split is not None and not (args.data_file or args.dataset_name):
+        raise UserError("--eval_split splits --data_file or --dataset_name; with --train_file use --eval_file")
+    if args.eval_split is None:  # --dataset_name: no held-out fraction unless asked for
+        args.eval_split = 0.0 if args.dataset_name else 0.2
     check_numbers(args)
     check_fork_extras(args)
     if args.num_prediction_steps > 0:

@@ -44,6 +44,7 @@ class RunOptions:
     attention_backend: str | None = None  # run_fast's `attention`; None: execution.fast.default_attention_backend
     kernel_check: str = "auto"  # run_fast's self-check of the backend on CUDA: auto | strict | off
     linear_predictor_from: str | None = None  # --load_lp: the model directory whose linear predictor to load
+    data_format: Any = None  # views.formats.DataFormat: column names, system prompt, formatting function
 
 
 @dataclass
@@ -58,6 +59,10 @@ class Decided:
 
 def is_encoded(dataset: Any) -> bool:
     """Already tokenized by encode_all (the CLI path, or a user who did it), or absent."""
+    from ..views.streaming import EncodedStream
+
+    if isinstance(dataset, EncodedStream):
+        return True
     return dataset is None or (isinstance(dataset, list) and all(isinstance(e, Encoded) for e in dataset))
 
 
@@ -156,17 +161,35 @@ def make_collator(
     )
 
 
-def tokenize_datasets(kwargs: dict[str, Any], tokenizer: Any, cfg: ViewConfig) -> None:
-    """Datasets of {"messages": [...]} rows, checked and tokenized once (a bad row: one line naming it)."""
+def tokenize_datasets(kwargs: dict[str, Any], tokenizer: Any, cfg: ViewConfig, data_format: Any = None) -> None:
+    """Datasets of rows in any format views/formats.py recognises (a list, a datasets.Dataset, a DatasetDict's
+    split), checked and tokenized once (a bad row: one line naming it)."""
     from ..views.encoding import encode_all
     from ..views.examples import examples_from_records
+    from ..views.formats import DEFAULT_FORMAT, dataset_split
+    from ..views.streaming import EncodedStream, is_stream
 
     for name in DATASETS:
         if not is_encoded(kwargs.get(name)):
-            encoded, report = encode_all(examples_from_records(kwargs[name], name), tokenizer, cfg)
+            rows, label = dataset_split(kwargs[name], name)
+            if is_stream(rows):  # an IterableDataset: tokenized as the data loader draws it (max_steps needed)
+                kwargs[name] = EncodedStream(rows, tokenizer, cfg, data_format or DEFAULT_FORMAT, name=label)
+                continue
+            examples = examples_from_records(rows, label, data_format or DEFAULT_FORMAT)
+            encoded, report = encode_all(examples, tokenizer, cfg)
             for line in report.lines(name, cfg.max_length, cfg.num_prediction_steps):
                 logger.warning("llmjepa: %s", line)
             kwargs[name] = encoded
+
+
+def stream_without_dispatch(kwargs: dict[str, Any]) -> None:
+    """A streamed dataset's batches are plans, not tensors: accelerate must not fetch them on rank 0 and
+    dispatch them (its default for an iterable dataset), so each process iterates its own share."""
+    from ..views.streaming import EncodedStream
+
+    config = getattr(kwargs.get("args"), "accelerator_config", None)
+    if config is not None and any(isinstance(kwargs.get(name), EncodedStream) for name in DATASETS):
+        config.dispatch_batches = False
 
 
 def decide(
@@ -206,7 +229,8 @@ def decide(
         model = kwargs["model"] = get_peft_model(model, peft_config)
         if getattr(kwargs.get("args"), "gradient_checkpointing", False):
             model.enable_input_require_grads()  # checkpointed LoRA layers need inputs that require grad
-    tokenize_datasets(kwargs, tokenizer, cfg)
+    tokenize_datasets(kwargs, tokenizer, cfg, options.data_format)
+    stream_without_dispatch(kwargs)
     if kwargs.get("data_collator") is None:
         kwargs["data_collator"] = make_collator(
             cfg, tokenizer, model, loss_config, executor, options, kwargs.get("args")

@@ -46,15 +46,27 @@ def common_causal_prefix(row: ViewRow, full: ViewRow) -> int:
     return n
 
 
-def view_based_rows(enc: Encoded, b: int, cfg: ViewConfig) -> tuple[list[ViewRow], list[tuple[int, int]]]:
-    """Rows after view 1 and the (row offset, token) of the predictor and the target."""
-    i_text = len(enc.text_ids) + cfg.last_token
-    i_code = len(enc.code_ids) + cfg.last_token
+def view_based_rows(enc: Encoded, b: int, cfg: ViewConfig) -> tuple[list[ViewRow], list[tuple]]:
+    """Rows after view 1 and each pair's ((row offset, token), (row offset, token)): the last exchange's Text and
+    Code, then (--jepa_turns all) each earlier exchange's."""
+    rows: list[ViewRow] = []
+    pairs = []
+    for text_ids, code_ids in [(enc.text_ids, enc.code_ids), *enc.earlier_views]:
+        extra, (p, t) = exchange_rows(text_ids, code_ids, b, cfg)
+        pairs.append(((len(rows) + p[0], p[1]), (len(rows) + t[0], t[1])))
+        rows.extend(extra)
+    return rows, pairs
+
+
+def exchange_rows(text_ids: list[int], code_ids: list[int], b: int, cfg: ViewConfig) -> tuple:
+    """One exchange's Text and Code rows and the (row offset, token) of the predictor and the target."""
+    i_text = len(text_ids) + cfg.last_token
+    i_code = len(code_ids) + cfg.last_token
     if not cfg.additive_mask:
-        return [causal_row(b, "text", enc.text_ids), causal_row(b, "code", enc.code_ids)], [(0, i_text), (1, i_code)]
+        return [causal_row(b, "text", text_ids), causal_row(b, "code", code_ids)], [(0, i_text), (1, i_code)]
     # upstream --additive_mask: Text[:i_text+1] | Code[:i_code+1] in one row, each block causal
     lu, la = i_text + 1, i_code + 1
-    ids = enc.text_ids[:lu] + enc.code_ids[:la]
+    ids = text_ids[:lu] + code_ids[:la]
     code_positions = range(lu, lu + la) if cfg.additive_positions == "continue" else range(la)
     starts = [0] * lu + [lu] * la
     row = segment_row(b, "packed", ids, list(range(lu)) + list(code_positions), starts)
@@ -212,8 +224,7 @@ def build_plan(batch: list[Encoded], cfg: ViewConfig, predictor_ids: list[int], 
         elif cfg.multi_step:
             extra, pairs = step_rows(enc, b, cfg, predictor_ids)
         else:
-            extra, (p, t) = view_based_rows(enc, b, cfg)
-            pairs = [(p, t)]
+            extra, pairs = view_based_rows(enc, b, cfg)
         for row in extra:
             n = common_causal_prefix(row, rows[b])
             row.prefix_source = (b, n) if n else None

@@ -34,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 from ..errors import UserError
 from ..tokens import EOT, PERCEPTION, predictor_string
 from .examples import Example
+from .formats import assistant_turns, last_user_index
 from .plan import IGNORE_INDEX
 from .stp import check_spans, find_content_spans
 
@@ -63,6 +64,8 @@ class ViewConfig:
     entropy_window: int = 2  # tokens each side of a boundary whose entropies count
     jepa_layer: int = -1  # hidden_states index the pairs read (-1: the last, after the final norm)
     drop_long_prompts: bool = True  # a prompt alone filling max_length: example dropped, counted (False: refused)
+    label_turns: str = "all"  # multi-turn conversations: LM labels on every assistant turn, or "last" only
+    jepa_turns: str = "last"  # view-based: the last exchange's Text -> Code pair, or "all": one per exchange
 
     def __post_init__(self) -> None:
         if self.isolated_predictors and not self.multi_step:
@@ -79,6 +82,12 @@ class ViewConfig:
             )
         if self.unmask_user and self.labels != "assistant":
             raise UserError(f"--unmask_user adds the user content to the answer's labels; labels {self.labels!r}")
+        if self.label_turns not in ("all", "last"):
+            raise UserError(f"--label_turns {self.label_turns!r}: expected 'all' or 'last'")
+        if self.jepa_turns not in ("all", "last"):
+            raise UserError(f"--jepa_turns {self.jepa_turns!r}: expected 'all' or 'last'")
+        if self.jepa_turns == "all" and (self.regular or self.multi_step or self.stp is not None):
+            raise UserError(JEPA_TURNS_VIEW_BASED)
 
     @property
     def multi_step(self) -> bool:
@@ -91,6 +100,14 @@ class ViewConfig:
 # predictors. It would change the method and still run a full Code view. docs/views.md says more.
 ENTROPY_NEEDS_STEPS = "--entropy_filter chooses among step pairs: it needs --num_prediction_steps >= 2"
 ENTROPY_NUMBERS = "--entropy_top_k must be >= 1 and --entropy_context_window >= 0"
+JEPA_TURNS_VIEW_BASED = (
+    "--jepa_turns all gives one Text -> Code pair per user -> assistant exchange: view-based LLM-JEPA only "
+    "(not --regular, --num_prediction_steps or --linear)"
+)
+TEXT_NEEDS_REGULAR = (
+    'a "text" row is plain language modeling: it has no user and assistant turns to make JEPA views of; '
+    'train it with --regular, or give "messages" or "prompt"/"completion" rows (--formatting_func maps other columns)'
+)
 ISOLATED_NEEDS_STEPS = (
     "--isolated_predictors needs --num_prediction_steps >= 1: in view-based LLM-JEPA the target view "
     "(the answer alone) is no part of view 1, so predictors cannot branch off it"
@@ -114,6 +131,7 @@ class Encoded:
     fallback: bool = False  # multi-step: no separator in the answer
     content_spans: tuple = ()  # STP: (s_u, e_u, s_a, e_a), the user and assistant contents in view 1
     user_end: int = -1  # --view_based_jepa: the user turn's end-of-turn token (first token after its content)
+    earlier_views: list = field(default_factory=list)  # --jepa_turns all: earlier exchanges' (text_ids, code_ids)
 
 
 @dataclass
@@ -180,6 +198,8 @@ def bounded(example: Example, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfi
     """The example with every message cut to content_bound characters before tokenization: a 50 MB line
     costs what a max_length one does (the tokenizer's time and memory grow with the text's length)."""
     bound = content_bound(tokenizer, cfg.max_length)
+    if example.text is not None:
+        return example if len(example.text) <= bound else replace(example, text=example.text[:bound])
     cut = cut_messages(example.messages, bound)
     text, code = cut_messages(example.text_view, bound), cut_messages(example.code_view, bound)
     if cut is example.messages and text is example.text_view and code is example.code_view:
@@ -243,13 +263,14 @@ def user_end_index(
     """--view_based_jepa's first boundary: the user turn's end-of-turn token, the first token after the
     user content (the fork's `len(user_only_ids) - 1`, the last token of [system, user] rendered: the
     same token for Llama-3; this form also finds Qwen's <|im_end|> rather than the "\n" after it)."""
-    content = messages[-2]["content"].strip()
+    u = last_user_index(messages)
+    content = messages[u]["content"].strip()
     start = prompt_text.rfind(content)
     if tokenizer.is_fast and start >= 0:
         found = first_token_after(tokenizer, full_text, start + len(content), cfg)
         if found is not None:
             return found
-    return len(tokenize(tokenizer, render(tokenizer, messages[:-1], cfg, generation_prompt=False), cfg)) - 1
+    return len(tokenize(tokenizer, render(tokenizer, messages[: u + 1], cfg, generation_prompt=False), cfg)) - 1
 
 
 def decoded_match(tokenizer: PreTrainedTokenizerBase, ids: list[int], content: str) -> tuple[int, int] | None:
@@ -277,10 +298,37 @@ def unmask_user_labels(tokenizer: PreTrainedTokenizerBase, enc: "Encoded", user:
 
 
 def view1_messages(messages: list[dict], cfg: ViewConfig) -> list[dict]:
-    if cfg.merge_system and messages[0]["role"] == "system":
+    """View 1's messages: the conversation, with the system message folded into the first user turn where the
+    template has no system role (Gemma)."""
+    if cfg.merge_system and messages[0]["role"] == "system" and messages[1]["role"] == "user":
         user = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
-        return [user, messages[2]]
+        return [user, *messages[2:]]
     return messages
+
+
+def earlier_turn_spans(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict],
+    full: list[int],
+    label_from: int,
+    cfg: ViewConfig,
+    source: str,
+) -> list[tuple[int, int]]:
+    """[start, end] (inclusive, end = its end-of-turn token) in view 1 of each assistant turn before the last
+    that trains (index >= label_from): its conversation prefix rendered must be a prefix of the whole."""
+    spans = []
+    for j in assistant_turns(messages[:-1], label_from):
+        prompt_text = render(tokenizer, messages[:j], cfg, generation_prompt=True)
+        turn_text = render(tokenizer, messages[: j + 1], cfg, generation_prompt=False)
+        turn = tokenize(tokenizer, turn_text, cfg)
+        if full[: len(turn)] != turn:
+            raise UserError(
+                f"{source}: the chat template does not render assistant turn {j} as a prefix of the conversation, "
+                "so its tokens cannot be located (--label_turns last trains the final turn only)"
+            )
+        start = len(tokenize(tokenizer, prompt_text, cfg))
+        spans.append((start, end_of_turn_index(tokenizer, turn_text, prompt_text, messages[j]["content"], cfg)))
+    return spans
 
 
 def single_message_text(tokenizer: PreTrainedTokenizerBase, message: dict, cfg: ViewConfig, predictors: str) -> str:
@@ -340,16 +388,35 @@ def pretraining(cfg: ViewConfig) -> bool:
     return cfg.plain and cfg.labels == "all"
 
 
+def encode_text(example: Example, index: int, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, report) -> Encoded:
+    """A "text" row (language modeling, --regular only): the text with the tokenizer's special tokens and an
+    end-of-sequence token, every token trained (as TRL's language-modeling format)."""
+    if not cfg.regular:
+        raise UserError(f"{example.source}: {TEXT_NEEDS_REGULAR}")
+    ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids = ids + [tokenizer.eos_token_id]
+    enc = Encoded(index=index, source=example.source, input_ids=ids[: cfg.max_length], labels=[], assistant_start=0)
+    enc.truncated = len(ids) > cfg.max_length
+    enc.assistant_end = len(enc.input_ids) - 1
+    enc.labels = list(enc.input_ids)
+    report.examples += 1
+    report.truncated += enc.truncated
+    return enc
+
+
 def encode(
     example: Example, index: int, tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig, report: EncodeReport
 ) -> Encoded | None:
     """One example tokenized; None where its prompt alone fills max_length and drop_long_prompts is on."""
     example = bounded(example, tokenizer, cfg)
+    if example.text is not None:
+        return encode_text(example, index, tokenizer, cfg, report)
     messages = view1_messages(example.messages, cfg)
     full_text = render(tokenizer, messages, cfg, generation_prompt=False)
     prompt_text = render(tokenizer, messages[:-1], cfg, generation_prompt=True)
     if pretraining(cfg):
-        full_text, prompt_text = example.messages[-2]["content"] + EOT, ""
+        full_text, prompt_text = example.user + EOT, ""
     full, prompt = tokenize(tokenizer, full_text, cfg), tokenize(tokenizer, prompt_text, cfg)
     if full[: len(prompt)] != prompt:
         raise UserError(
@@ -370,12 +437,17 @@ def encode(
         enc.assistant_end = min(enc.assistant_end, cfg.max_length - 1)
         report.truncated += 1
     enc.labels = view1_labels(enc.input_ids, enc.assistant_start, enc.assistant_end, cfg, tokenizer.pad_token_id)
+    if cfg.label_turns == "all" and cfg.labels == "assistant" and not cfg.plain:
+        label_from = max(0, example.label_from - (len(example.messages) - len(messages)))  # merge_system: one fewer
+        for start, end in earlier_turn_spans(tokenizer, messages, full, label_from, cfg, example.source):
+            for i in range(start, min(end + 1, len(enc.input_ids))):
+                enc.labels[i] = enc.input_ids[i]
     if cfg.unmask_user:
-        unmask_user_labels(tokenizer, enc, example.messages[-2]["content"])
+        unmask_user_labels(tokenizer, enc, example.user)
     if cfg.regular:
         return enc
     if cfg.stp is not None:
-        user, answer = example.messages[-2]["content"], example.messages[-1]["content"]
+        user, answer = example.user, example.messages[-1]["content"]
         enc.content_spans = find_content_spans(tokenizer, enc.input_ids, user, answer, example.source)
         check_spans(enc.content_spans, cfg.stp, example.source)
         return enc
@@ -392,24 +464,42 @@ def encode(
         report.fallback += enc.fallback
         report.fewer_steps += 0 < n_found < cfg.num_prediction_steps
         return enc
-    user, assistant = example.messages[-2], example.messages[-1]
-    if cfg.reverse_pred:
-        user, assistant = assistant, user
     predictors = predictor_string(cfg.predictors, cfg.front_pred)
     if example.text_view is not None:  # hellaswag files carry the two views (upstream ignores --reverse_pred there)
         text = field_view_text(tokenizer, example.text_view, cfg, predictors)
         code = field_view_text(tokenizer, example.code_view, cfg, "")
-    else:
-        text = single_message_text(tokenizer, user, cfg, predictors)
-        code = single_message_text(tokenizer, assistant, cfg, "")
-    enc.text_ids = tokenize(tokenizer, text, cfg)[: cfg.max_length]
-    enc.code_ids = tokenize(tokenizer, code, cfg)[: cfg.max_length]
-    for name, ids in (("Text", enc.text_ids), ("Code", enc.code_ids)):
-        if not 0 <= len(ids) + cfg.last_token < len(ids):
-            raise UserError(
-                f"{example.source}: --last_token {cfg.last_token} falls outside the {name} view ({len(ids)} tokens)"
-            )
+        enc.text_ids, enc.code_ids = exchange_ids(tokenizer, text, code, cfg, example.source)
+        return enc
+    user, assistant = example.messages[example.user_index], example.messages[-1]
+    enc.text_ids, enc.code_ids = exchange_view_ids(tokenizer, user, assistant, cfg, predictors, example.source)
+    if cfg.jepa_turns == "all":
+        for j in assistant_turns(example.messages[:-1], example.label_from):
+            users = [i for i in range(j) if example.messages[i]["role"] == "user"]
+            if users and example.messages[j]["content"].strip():
+                pair = (example.messages[users[-1]], example.messages[j])
+                enc.earlier_views.append(exchange_view_ids(tokenizer, *pair, cfg, predictors, example.source))
     return enc
+
+
+def exchange_view_ids(
+    tokenizer: PreTrainedTokenizerBase, user: dict, assistant: dict, cfg: ViewConfig, predictors: str, source: str
+) -> tuple[list[int], list[int]]:
+    """One exchange's Text (the user message with the predictors) and Code (the answer) token ids."""
+    if cfg.reverse_pred:
+        user, assistant = assistant, user
+    text = single_message_text(tokenizer, user, cfg, predictors)
+    code = single_message_text(tokenizer, assistant, cfg, "")
+    return exchange_ids(tokenizer, text, code, cfg, source)
+
+
+def exchange_ids(tokenizer: PreTrainedTokenizerBase, text: str, code: str, cfg: ViewConfig, source: str) -> tuple:
+    text_ids = tokenize(tokenizer, text, cfg)[: cfg.max_length]
+    code_ids = tokenize(tokenizer, code, cfg)[: cfg.max_length]
+    for name, ids in (("Text", text_ids), ("Code", code_ids)):
+        if not 0 <= len(ids) + cfg.last_token < len(ids):
+            where = f"the {name} view ({len(ids)} tokens)"
+            raise UserError(f"{source}: --last_token {cfg.last_token} falls outside {where}")
+    return text_ids, code_ids
 
 
 def encode_all(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: ViewConfig) -> tuple:
