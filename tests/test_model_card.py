@@ -204,3 +204,41 @@ def test_library_push_to_hub_writes_llmjepas_card(tmp_path: Path, hub: dict) -> 
     assert meta["library_name"] == "llmjepa" and meta["datasets"] == ["openai/gsm8k"]
     assert "| lbd (JEPA weight) | 0.2 |" in text and "| N (num_prediction_steps) | 2 |" in text
     assert f"| loss | {trainer.history[-1]['loss']:.6g} |" in text and "arXiv:2509.14252" in text
+
+
+def test_eval_results_go_into_the_card_once_per_data_set(tmp_path: Path) -> None:
+    from llmjepa.training.model_card import add_eval_results
+
+    card = tmp_path / "README.md"
+    card.write_text(card_text(CardRecord(name="m", base_model="llmjepa/tiny-llama")), encoding="utf-8")
+    first = {"dataset": "sums_eval.jsonl", "scorer": "sums", "n": 64, "correct": 10, "accuracy": 10 / 64}
+    assert add_eval_results(tmp_path, first) == card
+    assert add_eval_results(tmp_path, {**first, "correct": 53, "accuracy": 53 / 64}) == card  # replaces
+    other_data = {**first, "dataset": "gsm8k_test.jsonl", "scorer": "gsm8k", "correct": 20}
+    assert add_eval_results(tmp_path, other_data) == card  # adds a section beside
+    text = card.read_text(encoding="utf-8")
+    assert text.count("### llmjepa-eval on `sums_eval.jsonl`") == 1 and "| correct | 53 |" in text
+    assert "| correct | 10 |" not in text and "### llmjepa-eval on `gsm8k_test.jsonl`" in text
+    assert text.index("llmjepa-eval on") < text.index("## Citation")  # results before the citation
+    assert front_matter(text)["library_name"] == "llmjepa"  # metadata intact
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "README.md").write_text("---\nlibrary_name: transformers\n---\n# someone else's\n", encoding="utf-8")
+    assert add_eval_results(other, first) is None  # another library's README is left as it is
+    assert (other / "README.md").read_text(encoding="utf-8").endswith("# someone else's\n")
+    assert add_eval_results(tmp_path / "nothing", first) is None
+
+
+def test_llmjepa_eval_adds_its_result_to_the_trained_models_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture, hub: dict
+) -> None:
+    from llmjepa.commands.evaluate import main as evaluate
+
+    rc, out, err = train(capsys, "--regular", *FEW_STEPS, "--output_dir", tmp_path / "sft")
+    assert rc == 0, err[-3000:]
+    argv = ["--model_name", str(tmp_path / "sft"), "--max_examples", "2", "--max_new_tokens", "4"]
+    assert evaluate([*argv, "--output_dir", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert f"added the result to the model card {tmp_path / 'sft' / 'README.md'}" in out
+    text = (tmp_path / "sft" / "README.md").read_text(encoding="utf-8")
+    assert "### llmjepa-eval on `sums_eval.jsonl`" in text and "| n | 2 |" in text and "decoding greedy" in text

@@ -615,6 +615,12 @@ def run(args: argparse.Namespace) -> dict:
             stats = f"n={st['n']} mean={st['mean']:.4f} std={st['std']:.4f}" if st["n"] else "n=0"
             print(f"cosine(user, answer) on {k} examples: {stats}")
     print(f"llmjepa-eval: wrote {out / PREDICTIONS} and {out / SUMMARY}")
+    if not args.predictions_file and Path(args.model_name).is_dir():
+        from ..training.model_card import add_eval_results
+
+        card = add_eval_results(args.model_name, summary)
+        if card is not None:
+            print(f"llmjepa-eval: added the result to the model card {card}")
     return summary
 
 

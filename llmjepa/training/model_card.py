@@ -214,3 +214,56 @@ def write_card(folder: str | Path, record: CardRecord) -> Path:
     path = Path(folder) / CARD_NAME
     path.write_text(card_text(record), encoding="utf-8")
     return path
+
+
+# ---- llmjepa-eval's results, added to the card of the model it evaluated ---------------------------------------
+EVAL_SHOWN = ("scorer", "n", "correct", "accuracy", "pass@1", "model")
+
+
+def eval_block(summary: dict[str, Any]) -> str:
+    """One llmjepa-eval result as a card section, between markers that name its data set (so a later
+    evaluation on the same data replaces it and one on other data adds beside it)."""
+    dataset = str(summary.get("dataset", "?"))
+    rows = {key: summary[key] for key in EVAL_SHOWN if key in summary}
+    decoding = summary.get("generation")
+    if decoding:
+        rows["decoding"] = ", ".join(f"{k} {v}" for k, v in decoding.items())
+    heading = f"### llmjepa-eval on `{dataset}`"
+    return "\n\n".join([f"<!-- llmjepa-eval {dataset} -->", heading, table(rows), f"<!-- /llmjepa-eval {dataset} -->"])
+
+
+def is_llmjepa_card(text: str) -> bool:
+    """A card llmjepa wrote (its metadata says library_name: llmjepa): llmjepa-eval edits no other README."""
+    if not text.startswith("---\n"):
+        return False
+    try:
+        meta = yaml.safe_load(text[4 : text.find("\n---", 4)])
+    except yaml.YAMLError:
+        return False
+    return isinstance(meta, dict) and meta.get("library_name") == LIBRARY_NAME
+
+
+def add_eval_results(folder: str | Path, summary: dict[str, Any]) -> Path | None:
+    """Put llmjepa-eval's summary into the model folder's llmjepa card (replacing an earlier result on the same
+    data set, else before the citation); returns the card's path, or None where the folder has no llmjepa card
+    (a base model, another library's README: left as it is)."""
+    path = Path(folder) / CARD_NAME
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    if not is_llmjepa_card(text):
+        return None
+    block = eval_block(summary)
+    start_marker = block.split("\n", 1)[0]
+    end_marker = block.rsplit("\n", 1)[1]
+    start = text.find(start_marker)
+    end = text.find(end_marker, start) if start >= 0 else -1
+    if start >= 0 and end >= 0:
+        text = text[:start] + block + text[end + len(end_marker) :]
+    elif "\n## Citation" in text:
+        at = text.index("\n## Citation")
+        text = text[:at] + "\n" + block + "\n" + text[at:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+    return path
