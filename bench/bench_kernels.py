@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from bench_attention import CANDIDATE_BOUND, check_candidate, reference_float64
 from bench_attention import sdpa_dense_fn as sdpa_dense_method
 from bench_attention import triton_fn as triton_method
+from benchlib import forward_backward, synchronize
 from layouts import dense_visibility, example_shape, jepa_layout, visible_pairs
 
 CUDA = torch.cuda.is_available()
@@ -117,17 +118,6 @@ def record(benchmark, **shapes: object) -> None:
         triton=triton.__version__,
         **{k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in shapes.items()},
     )
-
-
-def synchronize() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
-
-
-def forward_backward(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], dout: torch.Tensor) -> list:
-    """[output, *gradients of the inputs] of one forward and backward."""
-    out = fn(*inputs)
-    return [out.detach(), *torch.autograd.grad(out, inputs, dout.to(out.dtype))]
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
