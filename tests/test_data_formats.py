@@ -350,6 +350,7 @@ def test_streaming_trains_its_steps_and_needs_max_train_steps(
     assert "llmjepa: bad row dropped: " in caplog.text and "(split train, row 1): empty assistant" in caplog.text
     steps = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in steps)
+    assert "| training examples | streamed |" in (tmp_path / "c" / "README.md").read_text()  # the card has no count
 
 
 def test_library_takes_an_iterable_dataset(tmp_path: Path) -> None:

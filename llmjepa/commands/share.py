@@ -131,7 +131,9 @@ def card_record(args: argparse.Namespace, trainer: Any) -> CardRecord:
     mode = mode_of(args).value
     train_source = args.data_file or args.train_file or f"{demo_data_path('train').name} (llmjepa's demo sums)"
     data: dict[str, Any] = {"training data": Path(train_source).name if os.path.exists(train_source) else train_source}
-    data["training examples"] = len(trainer.train_dataset) if trainer.train_dataset is not None else None
+    dataset = trainer.train_dataset
+    # a stream (--dataset_streaming) has no length: the card says so instead of a count
+    data["training examples"] = len(dataset) if hasattr(dataset, "__len__") else "streamed" if dataset else None
     if trainer.eval_dataset is not None:
         data["evaluation data"] = Path(args.eval_file).name if args.eval_file else f"{args.eval_split or 0.2} held out"
         data["evaluation examples"] = len(trainer.eval_dataset)
