@@ -28,11 +28,12 @@
 #   attention       bench_attention.py: Triton, FlexAttention, SDPA flash on view 1, flash-attn-4 75 s (min 20)
 #   step_more       bench_step.py: upstream_regular, fast_isolated and the variants          120 s (min 45)
 #   tests_fsdp      pytest -m gpu -k fsdp                                                      60 s (min 20)
+#   tests_liger     pytest -m gpu -k liger: every Liger-Kernel patch with both executors        60 s (min 20)
 # pytest's exit 5 (no test carries the gpu marker) is recorded as "none selected", not as a failure.
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-case " $* " in *" -h "*|*" --help "*) sed -n '2,35p' "$0"; exit 0 ;; esac
+case " $* " in *" -h "*|*" --help "*) sed -n '2,36p' "$0"; exit 0 ;; esac
 PY="${PYTHON:-python3}"
 export PYTHON="$PY" PYTHONUNBUFFERED=1
 # llmjepa and llmjepa_kernels import from the repository root without installing (a device machine starts bare);

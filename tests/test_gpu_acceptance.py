@@ -25,7 +25,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_acceptance.sh"
-STEPS = ("env", "tests_kernels", "tiles_d16_fp32", "step", "tests_parity", "attention", "step_more", "tests_fsdp")
+STEPS = (
+    *("env", "tests_kernels", "tiles_d16_fp32", "step", "tests_parity", "attention", "step_more", "tests_fsdp"),
+    "tests_liger",
+)
 # the files each step leaves in the tarball when it finishes ok
 FILES = {
     "env": ("env.json", "nvidia-smi.txt"),
@@ -36,6 +39,7 @@ FILES = {
     "attention": ("attention.json", "attention.md"),
     "step_more": ("step_more.json", "step_more.md"),
     "tests_fsdp": ("tests_fsdp.log",),
+    "tests_liger": ("tests_liger.log",),
 }
 WATCH = textwrap.dedent(
     """

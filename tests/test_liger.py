@@ -2,8 +2,9 @@
 starts (RoPE, RMSNorm, SwiGLU, and the CausalLM forward for its fused linear cross entropy); llmjepa's
 executors call that forward without labels, so they keep their own LM loss, and the step must be the one
 they take without Liger. On the CPU, Liger's kernels run only where the Triton interpreter can run them: its
-RoPE can, its RMSNorm and SwiGLU cannot (an interpreter error in both), so these tests patch RoPE and the forward;
-on a GPU the whole set applies (untested here: no GPU was lent)."""
+RoPE can, its RMSNorm and SwiGLU cannot (a float kernel argument the interpreter passes as a Python float, and
+libdevice's rsqrt, which it does not map), so the CPU tests patch RoPE and the forward. The whole set, RMSNorm and
+SwiGLU included, is `test_every_liger_kernel_composes_on_cuda`: the GPU acceptance's tests_liger step runs it."""
 
 import json
 import math
@@ -35,13 +36,18 @@ def restore_llama_module():
     modeling_llama.LlamaForCausalLM.forward = forward
 
 
-def first_step(tmp_path: Path, flags: list[str]) -> tuple[dict, object]:
+def first_steps(tmp_path: Path, flags: list[str], steps: int = 1) -> tuple[list[dict], object]:
     from llmjepa.commands.run import build_run
 
-    argv = ["--batch_size", "2", "--grad_accum", "1", "--max_train_steps", "1", "--save_strategy", "no"]
+    argv = ["--batch_size", "2", "--grad_accum", "1", "--max_train_steps", str(steps), "--save_strategy", "no"]
     trainer = build_run(parse_args([*argv, "--output_dir", str(tmp_path / "run"), *flags])).trainer
     trainer.train()
-    return trainer.history[0], trainer
+    return trainer.history, trainer
+
+
+def first_step(tmp_path: Path, flags: list[str]) -> tuple[dict, object]:
+    history, trainer = first_steps(tmp_path, flags)
+    return history[0], trainer
 
 
 @pytest.mark.interpreter
@@ -58,6 +64,28 @@ def test_liger_composes_with_both_executors(tmp_path: Path, impl: str, restore_l
     assert trainer.model.forward.__func__ is lce_forward  # and its forward, which the executors called
     for key in COMPARED:
         assert math.isclose(patched[key], plain[key], rel_tol=1e-4, abs_tol=1e-6), (key, patched[key], plain[key])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: Liger's RMSNorm and SwiGLU kernels fail in the interpreter"
+)
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_every_liger_kernel_composes_on_cuda(tmp_path: Path, impl: str, restore_llama_module) -> None:
+    """Every kernel Liger applies to a Llama (RoPE, RMSNorm, SwiGLU and its forward), on the GPU, fp32: three
+    optimizer steps equal the steps without Liger (the same operations fused; llmjepa's attention and LM loss)."""
+    from liger_kernel.transformers.rms_norm import LigerRMSNorm
+    from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+
+    plain, _ = first_steps(tmp_path / "plain", ["--impl", impl], steps=3)
+    patched, trainer = first_steps(tmp_path / "liger", ["--impl", impl, "--use_liger_kernel"], steps=3)
+    forwards = {getattr(m.forward, "__func__", None) for m in trainer.model.modules()}  # Liger rebinds forward
+    assert LigerRMSNorm.forward in forwards and LigerSwiGLUMLP.forward in forwards, forwards
+    assert len(patched) == len(plain) == 3
+    for step, (a, b) in enumerate(zip(patched, plain), 1):
+        for key in COMPARED:
+            assert math.isfinite(a[key]), (step, key, a[key])
+            assert math.isclose(a[key], b[key], rel_tol=1e-3, abs_tol=1e-5), (step, key, a[key], b[key])
 
 
 def test_liger_kernel_config_is_read_as_json_from_the_command_line_and_yaml(tmp_path: Path) -> None:
