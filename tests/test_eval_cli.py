@@ -221,3 +221,22 @@ def test_real_test_files_score_their_own_references_as_correct(tmp_path: Path, n
         summary = json.loads((tmp_path / "summary.json").read_text())
         assert summary["scorer"] == name.split("_test")[0] and summary["n"] == len(rows)
         assert summary["accuracy"] == accuracy
+
+
+def test_multi_turn_examples_are_prompted_by_their_last_user_turn(tmp_path: Path) -> None:
+    """A conversation of several turns, a tool result before the final answer: the record's prompt is the last
+    user turn (not the message before the answer, the tool's)."""
+    messages = [
+        {"role": "user", "content": "1+1?"},
+        {"role": "assistant", "content": "#### 2"},
+        {"role": "user", "content": "and 2+2?"},
+        {"role": "tool", "content": "calculator: 4"},
+        {"role": "assistant", "content": "2+2=4\n#### 4"},
+    ]
+    data = write_jsonl(tmp_path / "gsm8k_test.jsonl", [{"messages": messages}])
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"prediction": "so\n#### 4"}])
+    out = tmp_path / "out"
+    argv = ["--input_file", str(data), "--predictions_file", str(preds), "--output_dir", str(out)]
+    assert evaluate.main(argv) == 0
+    (rec,) = records(out)
+    assert rec["prompt"] == "and 2+2?" and rec["correct"] is True and rec["reference"] == "2+2=4\n#### 4"

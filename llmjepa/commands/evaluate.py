@@ -210,7 +210,7 @@ def check_references(examples: list[Example], args: argparse.Namespace) -> None:
         if args.scorer == "sums" and last_number(ex.assistant) is None:
             raise UserError(f"{ex.source}: sums scoring needs a number in the answer (the last one is compared)")
         if args.scorer == "spider":
-            db_id = spider_db_id(ex.messages[-2]["content"])
+            db_id = spider_db_id(ex.user)
             if db_id is None:
                 raise UserError(f'{ex.source}: spider scoring needs "For db_id:[...]" in the user message')
             if not spider_db_file(args.spider_path, db_id).is_file():
@@ -492,9 +492,7 @@ def evaluate_predictions(examples: list[Example], args: argparse.Namespace, out:
     start = time.perf_counter()
     predictions = read_predictions(args.predictions_file, len(examples), args.max_examples)
     scoring = scoring_for(args)
-    records = [
-        scoring.record(i, ex, ex.messages[-2]["content"], p) for i, (ex, p) in enumerate(zip(examples, predictions))
-    ]
+    records = [scoring.record(i, ex, ex.user, p) for i, (ex, p) in enumerate(zip(examples, predictions))]
     out.mkdir(parents=True, exist_ok=True)
     for stale in [out / RUN_CONFIG, *out.glob("predictions.rank*.jsonl")]:  # a model run's: not to be resumed
         stale.unlink(missing_ok=True)
@@ -505,7 +503,7 @@ def evaluate_predictions(examples: list[Example], args: argparse.Namespace, out:
 # ---- similarity (upstream's embedding diagnostic) ---------------------------------------------------
 def similarity_cosines(model, tokenizer, examples: list[Example], cfg: ViewConfig, args: argparse.Namespace) -> list:
     """cos(user message embedding, answer embedding) per example, upstream's get_sequence_embedding."""
-    users = [single_message_ids(tokenizer, ex.messages[-2], cfg)[-args.max_length :] for ex in examples]
+    users = [single_message_ids(tokenizer, ex.messages[ex.user_index], cfg)[-args.max_length :] for ex in examples]
     answers = [single_message_ids(tokenizer, ex.messages[-1], cfg)[-args.max_length :] for ex in examples]
     pad, layer, pooling = tokenizer.pad_token_id, args.embedding_layer, args.embedding_pooling
     u = embeddings(model, users, pad, layer, pooling, args.batch_size)

@@ -203,7 +203,7 @@ def is_correct(cfg: ScoreConfig, prediction: str, messages: list[dict]) -> bool:
     if cfg.scorer == "gsm8k":
         return gsm8k_correct(prediction, reference, cfg.numeric)
     if cfg.scorer == "spider":
-        db_id = spider_db_id(messages[-2]["content"])
+        db_id = spider_db_id(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
         if db_id is None:
             raise ValueError('no "For db_id:[...]" in the user message')
         db_file = spider_db_file(cfg.spider_path or ".", db_id)
