@@ -243,7 +243,7 @@ def end_of_turn_index(
     n = len(enc["input_ids"])
     content = answer.strip()
     start = text.find(content, len(prompt_text))
-    if not tokenizer.is_fast or start < 0:
+    if not tokenizer.is_fast or start < 0 or not content:  # empty: a turn of tool calls alone, rendered before it
         return n - 1
     content_end = start + len(content)
     after = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a >= content_end and b > a]

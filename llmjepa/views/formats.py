@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # kept beside role and content (None, as datasets fills: absent)
 
 
 @dataclass(frozen=True)
@@ -133,15 +134,17 @@ def prompt_completion(prompt: Any, completion: Any, where: str, fmt: DataFormat)
 
 
 def check_messages(messages: list, where: str, field: str = "messages") -> list[dict]:
-    """{"role", "content"} dicts; a system message only first; the last an assistant turn after a user turn;
-    the last user and assistant turns not empty. A null content (datasets fills absent keys with None) is ""."""
+    """{"role", "content"} dicts (and TOOL_KEYS where given); a system message only first; the last an assistant
+    turn after a user turn; the last user and assistant turns not empty. A null content (datasets fills absent
+    keys with None) is ""."""
     out = []
     for k, m in enumerate(messages):
         content = m.get("content", 0) if isinstance(m, dict) else 0
         content = "" if content is None else content
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
             raise BadRow(where, "bad message", f'message {k} needs string "role" and "content"')
-        out.append({"role": m["role"], "content": content})
+        # tool calls and their results' ids go to the chat template as users' tools write them (TRL does too)
+        out.append({"role": m["role"], "content": content} | {k: m[k] for k in TOOL_KEYS if m.get(k) is not None})
     roles = [m["role"] for m in out]
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
