@@ -27,6 +27,7 @@ GPU_TESTS = {
     "tests/test_flex_attention.py::test_cuda_forward_and_backward",
     "tests/test_flex_attention.py::test_training_with_flex_equals_reference",
     "tests/test_kernel_compile.py::test_no_cuda_sync_in_kernel_wrappers",
+    "tests/test_liger.py::test_every_liger_kernel_composes_on_cuda",
     "tests/test_sync_free.py::test_no_sync_in_a_cuda_microbatch",
     "tests/test_training_arguments.py::test_fsdp_trains_as_ddp_does",
 }
