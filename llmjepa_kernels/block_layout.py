@@ -131,6 +131,10 @@ class BlockCausalLayout:
         self._tiles: dict[tuple[int, int], _TileLists] = {}
         self.build(tiles)
 
+    def ranges(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(shared_start, shared_end, causal_start): what the attention ops take in place of the layout."""
+        return self.shared_start, self.shared_end, self.causal_start
+
     def build(self, tiles: Iterable[TileShape]) -> None:
         """Build these (direction, block_m, block_n) lists now, where the layout lives; built ones stay."""
         for direction, block_m, block_n in tiles:
