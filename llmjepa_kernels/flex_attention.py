@@ -133,8 +133,8 @@ def flex_block_causal_attention(
         key, value = (x.repeat_interleave(q_heads // kv_heads, dim=1) for x in (key, value))
     if torch.compiler.is_compiling():
         # inside a compiled model (--torch_compile): flex_attention is compiled with it, and the mask is
-        # traced from the layout's lists (per-layout caching is Python state Dynamo would break the graph on;
-        # the graph computes the mask once and every layer reads it)
+        # traced from the layout's lists in every layer (a few small integer ops each; the per-layout cache
+        # is Python state Dynamo would break the graph on)
         attend, block_mask = flex_attention, _build_block_mask(layout, FLEX_BLOCK)
     else:
         attend = compiled_flex_attention() if compiled else flex_attention
