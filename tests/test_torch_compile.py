@@ -42,11 +42,14 @@ FP32 = 1e-5  # relative, compiled vs eager in float32
 
 
 @pytest.fixture(autouse=True)
-def transformers_capture_state_reset():
+def fresh_compile_state():
     """transformers 5.25 keeps hidden-state capture in a context var that, once set while Dynamo traces,
     acts as a global until reset (`output_capturing.CompileableContextVar`); after Dynamo traced the flex
     forward under no_grad here it stayed in that mode, and the next eager forward captured no hidden states.
-    Reset after each test so one test's tracing cannot empty another's hidden states."""
+    Reset after each test so one test's tracing cannot empty another's hidden states. Dynamo's caches too:
+    every compile of a new model counts against its per-function recompile limit (8), past which it runs
+    eagerly without a word, and the counts here would count nothing."""
+    torch._dynamo.reset()
     yield
     from transformers.utils import output_capturing
 
@@ -192,7 +195,7 @@ def test_flex_forward_compiles_without_break(setup) -> None:
     install_output_hooks(model)
     with torch.no_grad():
         # eager first: after Dynamo traced this forward, eager flex returned no hidden states (torch 2.13,
-        # transformers 5.25; transformers_capture_state_reset above)
+        # transformers 5.25; fresh_compile_state above)
         eager = forward_and_losses(model, stream, "flex")
         explained = torch._dynamo.explain(forward_and_losses)(model, stream, "flex")
         assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
