@@ -664,6 +664,7 @@ def _dq(
 # and plain numbers only: Dynamo traces the call without entering the launchers (no graph break on a
 # layout object or a Triton launch), the fake implementations give the outputs' shapes and strides
 # without running anything, and the stream length stays a symbolic size (one graph for every stream).
+# Schemas spelled out rather than inferred from the annotations: the same on every torch the kernels run with.
 
 
 def _ranges(layout: BlockCausalLayout) -> list[torch.Tensor]:
@@ -691,7 +692,13 @@ def _config_of(ints: Sequence[int]) -> AttentionConfig:
     return AttentionConfig(*(KernelConfig(*ints[i : i + 4]) for i in (0, 4, 8)))
 
 
-@torch.library.custom_op("llmjepa::block_causal_attention", mutates_args=())
+@torch.library.custom_op(
+    "llmjepa::block_causal_attention",
+    mutates_args=(),
+    schema=(
+        "(Tensor q, Tensor k, Tensor v, Tensor[] ranges, Tensor[] lists, float scale, int[] config) -> (Tensor, Tensor)"
+    ),
+)
 def _attention_op(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -710,7 +717,14 @@ def _attention_fake(q, k, v, ranges, lists, scale, config):
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
-@torch.library.custom_op("llmjepa::block_causal_attention_backward", mutates_args=())
+@torch.library.custom_op(
+    "llmjepa::block_causal_attention_backward",
+    mutates_args=(),
+    schema=(
+        "(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor[] ranges, "
+        "Tensor[] lists, float scale, int[] config) -> (Tensor, Tensor, Tensor)"
+    ),
+)
 def _attention_backward_op(
     dout: torch.Tensor,
     q: torch.Tensor,

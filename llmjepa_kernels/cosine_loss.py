@@ -130,7 +130,15 @@ def _block_d(dim: int) -> int:
 
 
 # ---- custom ops: what torch.compile sees (tensors and plain numbers; fake implementations give the shapes)
-@torch.library.custom_op("llmjepa::jepa_pair_loss", mutates_args=())
+# Schemas spelled out rather than inferred from the annotations: the same on every torch the kernels run with.
+@torch.library.custom_op(
+    "llmjepa::jepa_pair_loss",
+    mutates_args=(),
+    schema=(
+        "(Tensor hidden, Tensor pred_index, Tensor target_index, int kind, str reduction, float eps, "
+        "bool check) -> (Tensor, Tensor, Tensor)"
+    ),
+)
 def _pair_loss_op(
     hidden: torch.Tensor,
     pred_index: torch.Tensor,
@@ -167,7 +175,14 @@ def _pair_loss_fake(hidden, pred_index, target_index, kind, reduction, eps, chec
     return new(()), new((n,)), new((n, 3))
 
 
-@torch.library.custom_op("llmjepa::jepa_pair_loss_backward", mutates_args=())
+@torch.library.custom_op(
+    "llmjepa::jepa_pair_loss_backward",
+    mutates_args=(),
+    schema=(
+        "(Tensor grad_total, Tensor hidden, Tensor pred_index, Tensor target_index, Tensor cos, "
+        "Tensor stats, int kind, str reduction, float eps) -> Tensor"
+    ),
+)
 def _pair_loss_backward_op(
     grad_total: torch.Tensor,
     hidden: torch.Tensor,

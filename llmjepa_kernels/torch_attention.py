@@ -177,7 +177,12 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # ---- the custom ops: what torch.compile sees (tensors and a float; fake implementations give the shapes)
-@torch.library.custom_op("llmjepa::torch_block_causal_attention", mutates_args=())
+# Schemas spelled out rather than inferred from the annotations: the same on every torch the kernels run with.
+@torch.library.custom_op(
+    "llmjepa::torch_block_causal_attention",
+    mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor[] ranges, float? scale) -> (Tensor, Tensor)",
+)
 def _attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: list[torch.Tensor], scale: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +211,14 @@ def _attention_fake(q, k, v, ranges, scale):
     return q.new_empty(q.shape), q.new_empty((1, q.shape[1], q.shape[0]), dtype=_lse_dtype(q.dtype))
 
 
-@torch.library.custom_op("llmjepa::torch_block_causal_attention_backward", mutates_args=())
+@torch.library.custom_op(
+    "llmjepa::torch_block_causal_attention_backward",
+    mutates_args=(),
+    schema=(
+        "(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor[] ranges, "
+        "float? scale) -> (Tensor, Tensor, Tensor)"
+    ),
+)
 def _attention_backward_op(
     dout: torch.Tensor,
     q: torch.Tensor,
