@@ -207,7 +207,7 @@ def test_flex_forward_compiles_without_break(setup) -> None:
 # ---- recompiles over microbatches of different lengths -------------------------------------------------
 def test_recompiles_stay_bounded_over_20_microbatches(setup) -> None:
     """run_fast marks the stream's sizes dynamic: one graph for 20 streams of different lengths (without
-    the marks, and with the layout's T an int attribute, it compiled 4 times: static, then dynamic)."""
+    the marks and with the layout's T an int attribute, 4 frames: static graphs, then dynamic ones)."""
     model, encoded, predictor_ids = setup
     collator = ViewCollator(CFG, predictor_ids, pack=True)
     counter = CompileCounterWithBackend("aot_eager")
