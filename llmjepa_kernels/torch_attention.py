@@ -171,6 +171,12 @@ _flash_forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
+def _flash_ops_on(device: torch.device) -> bool:
+    """Whether the ops run the CPU flash kernel's forward and backward ops (the CPU), else blockwise SDPA
+    with a recomputing backward (tests switch it off to check that form on the CPU)."""
+    return device.type == "cpu"
+
+
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
     """The CPU flash kernel's logsumexp dtype: float64 for float64 inputs, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -192,7 +198,7 @@ def _attention_op(
     ranges = tuple(ranges)
     blocks, masks = _query_blocks(ranges), _masks(ranges, q.device, q.dtype)
     lse = q.new_zeros((1, q.shape[1], q.shape[0]), dtype=_lse_dtype(q.dtype))
-    if q.device.type != "cpu":
+    if not _flash_ops_on(q.device):
         return blockwise_sdpa(q, k, v, blocks, masks, scale).contiguous(), lse
     qh, kh, vh = (_heads_first(x) for x in (q, k, v))
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -233,7 +239,7 @@ def _attention_backward_op(
     block added into its window's slice; elsewhere the blocks recomputed under autograd."""
     ranges = tuple(ranges)
     blocks, masks = _query_blocks(ranges), _masks(ranges, q.device, q.dtype)
-    if q.device.type != "cpu":
+    if not _flash_ops_on(q.device):
         return _recomputed_backward(dout, q, k, v, blocks, masks, scale)
     qh, kh, vh, oh, gh = (_heads_first(x) for x in (q, k, v, out, dout))
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -252,12 +258,26 @@ def _attention_backward_op(
 
 
 def _recomputed_backward(dout, q, k, v, blocks, masks, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of blockwise_sdpa by running it again under autograd: the form off the CPU, where no
-    flash backward op with GQA is at hand (the fallback backend on a GPU; the Triton kernel is the fast one)."""
-    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
-    with torch.enable_grad():
-        out = blockwise_sdpa(*leaves, blocks, masks, scale)
-    return tuple(g.contiguous() for g in torch.autograd.grad(out, leaves, dout))
+    """Gradients of blockwise_sdpa, each block's probabilities recomputed and differentiated by hand (an op's
+    implementation runs below autograd): the form off the CPU, where no flash backward op with GQA is at
+    hand (the fallback backend on a GPU; the Triton kernel is the fast one). In float32 at least."""
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    group = q.shape[1] // k.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    qh, kh, vh, gh = (x.to(work).permute(1, 0, 2) for x in (q, k, v, dout))  # (heads, T, D)
+    dq, dk, dv = (torch.zeros(x.shape, dtype=work, device=x.device) for x in (qh, kh, vh))
+    for blk, mask in zip(blocks, masks):
+        rows, window = slice(blk.q0, blk.q1), slice(blk.lo, blk.hi)
+        kb, vb = (x[:, window].repeat_interleave(group, dim=0) for x in (kh, vh))
+        scores = qh[:, rows] @ kb.transpose(1, 2) * scale
+        p = (scores if mask is None else scores + mask.to(work)).softmax(-1)
+        dp = gh[:, rows] @ vb.transpose(1, 2)
+        ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+        dq[:, rows] = ds @ kb * scale
+        heads = (k.shape[1], group, blk.hi - blk.lo, q.shape[-1])
+        dk[:, window] += (ds.transpose(1, 2) @ qh[:, rows] * scale).reshape(heads).sum(1)
+        dv[:, window] += (p.transpose(1, 2) @ gh[:, rows]).reshape(heads).sum(1)
+    return tuple(g.permute(1, 0, 2).to(x.dtype).contiguous() for g, x in zip((dq, dk, dv), (q, k, v)))
 
 
 @_attention_backward_op.register_fake

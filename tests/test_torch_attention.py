@@ -127,6 +127,23 @@ def test_matches_dense_float64(monkeypatch: pytest.MonkeyPatch, case: int) -> No
             assert err < BOUNDS[dtype], f"{name} {what} {dtype}: {err:.2e}; {seed_note(case)}"
 
 
+@pytest.mark.parametrize("case", range(6))
+def test_the_ops_off_cpu_form_matches_dense_float64(monkeypatch: pytest.MonkeyPatch, case: int) -> None:
+    """Off the CPU the custom op runs blockwise SDPA and its backward recomputes the blocks under autograd
+    (no flash backward op with GQA there): that form, run here on the CPU, against dense float64."""
+    rng = random.Random(SEED + 500 + case)
+    torch.manual_seed(SEED + 500 + case)
+    monkeypatch.setattr(torch_attention, "_flash_ops_on", lambda device: False)
+    layout = random_stream(rng)
+    dtype = (torch.float64, torch.float32)[case % 2]
+    q, k, v, dout, scale = inputs(rng, layout.num_tokens, dtype)
+    ref = reference(q, k, v, dout, dense_visibility(layout), scale)
+    got = ours(torch_attention.torch_block_causal_attention, q, k, v, dout, layout, scale)
+    for what, x, r in zip(("out", "dq", "dk", "dv"), got, ref):
+        assert torch.isfinite(x).all(), f"{what}: not finite; {seed_note(case)}"
+        assert rel(x, r) < BOUNDS[dtype], f"{what} {dtype}: {rel(x, r):.2e}; {seed_note(case)}"
+
+
 @pytest.mark.parametrize("case", range(20))
 def test_blocks_cover_the_stream_and_windows_stay_in_one_example(monkeypatch: pytest.MonkeyPatch, case: int) -> None:
     rng = random.Random(SEED + 100 + case)
