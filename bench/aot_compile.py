@@ -150,22 +150,15 @@ def pair_loss_launches(dtype: torch.dtype, hidden: int, kind: str, pairs: int = 
     h = torch.empty(tokens, hidden, dtype=dtype)
     index = torch.arange(2 * pairs) % tokens
     with recorded_launches(cosine_loss, PAIR_KERNELS) as launches:
-        fn = cosine_loss.JepaPairLossFunction
-        ctx = _Ctx()
-        fn.forward(ctx, h, index[:pairs], index[pairs:], cosine_loss._KINDS[kind], "mean", 1e-8)
-        ctx.saved_tensors = ctx.saved
-        fn.backward(ctx, torch.ones((), dtype=torch.float32), None)
+        pair_loss_forward_backward(h, index[:pairs], index[pairs:], kind)
     return launches
 
 
-class _Ctx:
-    """Minimal autograd context, to call JepaPairLossFunction.forward and backward directly."""
-
-    def save_for_backward(self, *tensors: torch.Tensor) -> None:
-        self.saved = tensors
-
-    def mark_non_differentiable(self, *tensors: torch.Tensor) -> None:
-        pass
+def pair_loss_forward_backward(h: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, kind: str) -> None:
+    """The fused pair loss's forward and backward custom ops, called directly (mean over pairs)."""
+    code = cosine_loss._KINDS[kind]
+    _, cos, stats = cosine_loss._pair_loss_op(h, pred, target, code, "mean", 1e-8, False)
+    cosine_loss._pair_loss_backward_op(torch.ones(()), h, pred, target, cos, stats, code, "mean", 1e-8)
 
 
 def source_ttir(launch: Launch, arch: int = 90) -> str:

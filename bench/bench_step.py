@@ -107,6 +107,7 @@ class Method:
     view_changes: dict = field(default_factory=dict, hash=False)  # ViewConfig fields this method changes
     attention: str | None = None  # run_fast's attention backend; None: the device's default
     lm_head: str | None = None  # run_fast's LM-head way; None: its default
+    compiled: bool = False  # the model through torch.compile (--compile_backend), as --torch_compile does
 
 
 CORE = (
@@ -127,6 +128,14 @@ ATTENTION_BACKENDS = ("triton", "flex", "torch")
 # checkpointed chunks); the variants run the others.
 LM_HEAD_WAYS = ("chunks", "logits")
 SAME_LOSS = (("upstream_regular", "packed_regular"), ("upstream_jepa", "fast_jepa"))
+
+
+def compiled_variants() -> list[Method]:
+    """packed_regular and fast_jepa with the model compiled (--compiled): run in the same interleaved rounds."""
+    return [
+        Method("packed_regular/compiled", "variant", packed=True, jepa=False, compiled=True),
+        Method("fast_jepa/compiled", "variant", packed=True, jepa=True, compiled=True),
+    ]
 
 
 def variants(device: torch.device) -> list[Method]:
@@ -416,6 +425,9 @@ class Runner:
     floor_plans: list[ViewPlan] = field(default_factory=list)  # the same without upstream's padding
     error: str | None = None
     first_loss: float | None = None
+    first_step_s: float | None = None  # the first warm-up step: with --compiled it holds the compilation
+    graphs_compiled: int | None = None  # Dynamo graphs compiled in the first step (--compiled methods)
+    model: torch.nn.Module | None = None  # what the executor runs: the compiled model, else None (the shared one)
     peak_mib: float | None = None
     peak_extra_mib: float | None = None  # CUDA: above the model, its gradients and AdamW's state
     round_ms: list[float] = field(default_factory=list)
@@ -423,7 +435,8 @@ class Runner:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, runner: Runner, plan: ViewPlan, lbd: float):
     optimizer.zero_grad(set_to_none=True)
-    loss = step_loss(runner.run(model, plan), plan, lbd, runner.fused)
+    run_on = model if runner.model is None else runner.model  # (a compiled module has no truth value)
+    loss = step_loss(runner.run(run_on, plan), plan, lbd, runner.fused)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
     optimizer.step()
@@ -469,9 +482,12 @@ def warm_up(model, optimizer, initial: dict, runner: Runner, args: argparse.Name
         torch.cuda.reset_peak_memory_stats(device)
     try:
         for i, plan in enumerate(runner.plans[: args.warmup_steps]):
+            started, graphs = time.perf_counter(), compiled_graphs()
             loss = train_step(model, optimizer, runner, plan, args.lbd)
             if i == 0:
                 runner.first_loss = float(loss)
+                runner.first_step_s = time.perf_counter() - started
+                runner.graphs_compiled = compiled_graphs() - graphs
         synchronize(device)
     except Exception as err:  # Triton compile and resource errors are Exceptions, not RuntimeErrors
         runner.error = failure(err)
@@ -481,6 +497,11 @@ def warm_up(model, optimizer, initial: dict, runner: Runner, args: argparse.Name
     if device.type == "cuda":
         runner.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
         runner.peak_extra_mib = runner.peak_mib - args.static_mib
+
+
+def compiled_graphs() -> int:
+    """Graphs Dynamo has compiled in this process so far."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def static_mib(model: torch.nn.Module, device: torch.device) -> float:
@@ -576,6 +597,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=None, help="names to run (default: (a)-(e) and the variants)")
     p.add_argument("--no_variants", action="store_true", help="only (a)-(e)")
     p.add_argument(
+        "--compiled", action="store_true", help="also packed_regular and fast_jepa with the model torch.compile'd"
+    )
+    p.add_argument("--compile_backend", default="inductor", help="torch.compile backend of --compiled")
+    p.add_argument(
         "--skip_methods", nargs="+", default=(), help="names not to run (packed_regular, the baseline, always runs)"
     )
     p.add_argument("--no_memory", action="store_true", help="CPU: skip the fresh-process memory probes")
@@ -638,6 +663,7 @@ def setup_bench(args: argparse.Namespace) -> dict:
         getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
     )
     methods = list(CORE) + ([] if args.no_variants else variants(device))
+    methods += compiled_variants() if args.compiled else []
     if args.methods:
         unknown = set(args.methods) - {m.name for m in methods}
         if unknown:
@@ -646,7 +672,7 @@ def setup_bench(args: argparse.Namespace) -> dict:
     methods = [m for m in methods if m.name not in args.skip_methods or m.name == BASELINE]
     if args.memory_probe:  # a fresh process measures one method
         methods = [m for m in methods if m.name == args.memory_probe]
-    runners, skipped = {}, {}
+    runners, skipped, compiled = {}, {}, None
     for method in methods:
         reason = unavailable(method, device)
         if reason is not None:
@@ -654,6 +680,10 @@ def setup_bench(args: argparse.Namespace) -> dict:
             continue
         runner = Runner(method, [], executor(method, tokenizer.pad_token_id), method.packed and method.jepa)
         runner.fused = runner.fused and device.type == "cuda"
+        if method.compiled:  # one compiled wrapper of the shared model (same parameters), as the Trainer makes
+            if compiled is None:
+                compiled = torch.compile(model, backend=args.compile_backend)
+            runner.model = compiled
         try:
             runner.floor_plans = method_plans(method, batches, cfg, predictor_ids, model)
             runner.plans = runner.floor_plans
@@ -741,7 +771,12 @@ def method_record(runner: Runner, args: argparse.Namespace, memory: dict, shape:
         first_step_loss=runner.first_loss,
         round_ms=runner.round_ms,
         median_ms=statistics.median(runner.round_ms) if runner.round_ms else None,
+        first_step_s=runner.first_step_s,
+        graphs_compiled=runner.graphs_compiled,
     )
+    if runner.method.compiled and runner.first_step_s is not None and record["median_ms"] is not None:
+        # compilation, apart from the step time: the first step less a steady one
+        record["compile_s"] = runner.first_step_s - record["median_ms"] / 1000
     if args.device == "cuda":
         record["peak_memory_mib"] = runner.peak_mib
         record["peak_extra_mib"] = runner.peak_extra_mib
@@ -778,7 +813,8 @@ def attention_waste(setup: dict, args: argparse.Namespace) -> dict:
     tiles = floor.triton_tiles(args.head_dim, torch.bfloat16)
     out = {}
     for name, runner in setup["runners"].items():
-        if not runner.method.packed or runner.method.attention or runner.method.lm_head or not runner.plans:
+        method = runner.method
+        if not method.packed or method.attention or method.lm_head or method.compiled or not runner.plans:
             continue
         ratios = [floor.attention_waste(floor.stream_ranges(p.packed), tiles) for p in runner.plans]
         out[name] = {k: statistics.mean(r[k] for r in ratios) for k in ratios[0]}
@@ -832,6 +868,7 @@ def build_report(args: argparse.Namespace, setup: dict, memory: dict) -> dict:
             "and data, over one step per timed microbatch (grads, AdamW state, activations)"
         ),
         "methods": methods,
+        "compile_backend": args.compile_backend if args.compiled else None,
         "attention_computed_over_visible": attention_waste(setup, args),
         "loss_agreement": loss_agreement,
     }
@@ -890,6 +927,22 @@ def markdown(report: dict) -> str:
     lines += ["", "Per-round ms/step (min-max): " + ", ".join(spread)]
     lines += ["", "Per-round time ratio to packed_regular, same round (min-max): " + ", ".join(paired)]
     lines += [f"First-step loss, relative difference {k}: {fmt(v, '.1e')}" for k, v in report["loss_agreement"].items()]
+    compiled = {name: r for name, r in report["methods"].items() if r.get("compile_s") is not None}
+    if compiled:
+        lines += ["", f"torch.compile (backend {report.get('compile_backend')}), apart from the step times above:", ""]
+        lines += [
+            "| method | graphs compiled in its first step | first step s | compile s (first step - median step) "
+            "| eager / compiled ms |"
+        ]
+        lines += ["|---|---|---|---|---|"]
+        for name, r in compiled.items():
+            eager = report["methods"].get(name.removesuffix("/compiled"), {}).get("median_ms")
+            speedup = eager / r["median_ms"] if eager and r.get("median_ms") else None
+            lines.append(
+                f"| {name} | {r['graphs_compiled']} | {r['first_step_s']:.1f} | {r['compile_s']:.1f} "
+                f"| {fmt(speedup, '.2f')} |"
+            )
+        lines += ["", "Both compiled methods share one compiled model; 0 graphs: the earlier method's graph served it."]
     waste = report["attention_computed_over_visible"]
     if waste:
         lines += ["", "Attention pairs computed / visible (mean over microbatches):", ""]

@@ -10,9 +10,7 @@ import importlib.util
 
 __all__ = [
     "AttentionConfig",
-    "BlockCausalAttentionFunction",
     "BlockCausalLayout",
-    "JepaPairLossFunction",
     "KernelConfig",
     "block_causal_attention",
     "cosine_jepa_loss",
@@ -22,13 +20,12 @@ __all__ = [
 if importlib.util.find_spec("triton") is not None:
     from .block_causal_attention import (
         AttentionConfig,
-        BlockCausalAttentionFunction,
         BlockCausalLayout,
         KernelConfig,
         block_causal_attention,
         default_config,
     )
-    from .cosine_loss import JepaPairLossFunction, cosine_jepa_loss
+    from .cosine_loss import cosine_jepa_loss
 else:
 
     def __getattr__(name: str):

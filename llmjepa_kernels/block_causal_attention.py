@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 
 import torch
 import triton
@@ -29,7 +30,6 @@ from .block_layout import BlockCausalLayout
 
 __all__ = [
     "AttentionConfig",
-    "BlockCausalAttentionFunction",
     "BlockCausalLayout",
     "KernelConfig",
     "block_causal_attention",
@@ -493,10 +493,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Blo
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     t, hq, d = q.shape
-    if k.shape[0] != t or layout.num_tokens != t:
-        raise ValueError(
-            f"q, k/v and the ranges must have the same number of tokens, got {t}, {k.shape[0]}, {layout.num_tokens}"
-        )
+    ranged = layout.shared_start.shape[0]  # a tensor size, not layout.num_tokens: symbolic under torch.compile
+    if k.shape[0] != t or ranged != t:
+        raise ValueError(f"q, k/v and the ranges must have the same number of tokens, got {t}, {k.shape[0]}, {ranged}")
     if k.shape[2] != d:
         raise ValueError(f"q and k/v must have the same head_dim, got {d} and {k.shape[2]}")
     if d > _MAX_HEAD_DIM:
@@ -519,17 +518,29 @@ def _forward(
     scale: float,
     config: KernelConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    t, hq, d = q.shape
+    """The forward launch from a layout (benchmarks and the AOT checks call it directly)."""
     lists = layout.tiles(config.block_m, config.block_n).by_query
+    return _launch_forward(q, k, v, _ranges(layout), _list_tensors(lists), scale, config)
+
+
+def _launch_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ranges: Sequence[torch.Tensor],
+    lists: Sequence[torch.Tensor],
+    scale: float,
+    config: KernelConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    t, hq, d = q.shape
+    full_count, full_index, part_count, part_index = lists
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(hq, t, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(t, config.block_m), hq)
     with _device_guard(q.device):
         _attn_fwd_kernel[grid](
-            q, k, v, out, lse,
-            layout.shared_start, layout.shared_end, layout.causal_start,
-            lists.full_count, lists.full_index, lists.part_count, lists.part_index,
-            lists.full_index.stride(0), lists.part_index.stride(0),
+            q, k, v, out, lse, *ranges,
+            full_count, full_index, part_count, part_index, full_index.stride(0), part_index.stride(0),
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1),
             t, scale * _LOG2E,
@@ -551,10 +562,28 @@ def _backward(
     scale: float,
     config: AttentionConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three backward launches from a layout (benchmarks and the AOT checks call it directly)."""
+    lists = _layout_lists(layout, config)
+    return _launch_backward(dout, q, k, v, out, lse, _ranges(layout), lists, scale, config)
+
+
+def _launch_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    ranges: Sequence[torch.Tensor],
+    lists: Sequence[torch.Tensor],
+    scale: float,
+    config: AttentionConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """lists: the 12 tensors of `_layout_lists` (forward's by_query, dK/dV's by_key, dQ's by_query)."""
     dout = _rows_last_contiguous(dout)
     delta = _delta(out, dout, config.dq)
-    dk, dv = _dkdv(dout, q, k, v, lse, delta, layout, scale, config.dkdv)
-    dq = _dq(dout, q, k, v, lse, delta, layout, scale, config.dq)
+    dk, dv = _dkdv(dout, q, k, v, lse, delta, ranges, lists[4:8], scale, config.dkdv)
+    dq = _dq(dout, q, k, v, lse, delta, ranges, lists[8:12], scale, config.dq)
     return dq, dk, dv
 
 
@@ -576,20 +605,19 @@ def _dkdv(
     v: torch.Tensor,
     lse: torch.Tensor,
     delta: torch.Tensor,
-    layout: BlockCausalLayout,
+    ranges: Sequence[torch.Tensor],
+    lists: Sequence[torch.Tensor],
     scale: float,
     config: KernelConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     t, hq, d = q.shape
-    lists = layout.tiles(config.block_m, config.block_n).by_key
+    full_count, full_index, part_count, part_index = lists
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     with _device_guard(q.device):
         _attn_bwd_dkdv_kernel[(triton.cdiv(t, config.block_n), k.shape[1])](
-            q, k, v, dout, dk, dv, lse, delta,
-            layout.shared_start, layout.shared_end, layout.causal_start,
-            lists.full_count, lists.full_index, lists.part_count, lists.part_index,
-            lists.full_index.stride(0), lists.part_index.stride(0),
+            q, k, v, dout, dk, dv, lse, delta, *ranges,
+            full_count, full_index, part_count, part_index, full_index.stride(0), part_index.stride(0),
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
             t, scale, scale * _LOG2E,
@@ -607,19 +635,18 @@ def _dq(
     v: torch.Tensor,
     lse: torch.Tensor,
     delta: torch.Tensor,
-    layout: BlockCausalLayout,
+    ranges: Sequence[torch.Tensor],
+    lists: Sequence[torch.Tensor],
     scale: float,
     config: KernelConfig,
 ) -> torch.Tensor:
     t, hq, d = q.shape
-    lists = layout.tiles(config.block_m, config.block_n).by_query
+    full_count, full_index, part_count, part_index = lists
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     with _device_guard(q.device):
         _attn_bwd_dq_kernel[(triton.cdiv(t, config.block_m), hq)](
-            q, k, v, dout, dq, lse, delta,
-            layout.shared_start, layout.shared_end, layout.causal_start,
-            lists.full_count, lists.full_index, lists.part_count, lists.part_index,
-            lists.full_index.stride(0), lists.part_index.stride(0),
+            q, k, v, dout, dq, lse, delta, *ranges,
+            full_count, full_index, part_count, part_index, full_index.stride(0), part_index.stride(0),
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
             t, scale, scale * _LOG2E,
@@ -630,31 +657,110 @@ def _dq(
     return dq
 
 
-class BlockCausalAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper; call through block_causal_attention, which validates the inputs."""
+# ----------------------------------------------------------------------------------------------------
+# Custom ops: what torch.compile sees
+# ----------------------------------------------------------------------------------------------------
+# The kernels run behind two torch.library custom ops, forward and backward, whose arguments are tensors
+# and plain numbers only: Dynamo traces the call without entering the launchers (no graph break on a
+# layout object or a Triton launch), the fake implementations give the outputs' shapes and strides
+# without running anything, and the stream length stays a symbolic size (one graph for every stream).
+# Schemas spelled out rather than inferred from the annotations: the same on every torch the kernels run with.
 
-    @staticmethod
-    def forward(
-        ctx,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        layout: BlockCausalLayout,
-        scale: float,
-        config: AttentionConfig,
-    ) -> torch.Tensor:
-        out, lse = _forward(q, k, v, layout, scale, config.forward)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.layout = layout
-        ctx.scale = scale
-        ctx.config = config
-        return out
 
-    @staticmethod
-    def backward(ctx, dout: torch.Tensor):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(dout, q, k, v, out, lse, ctx.layout, ctx.scale, ctx.config)
-        return dq, dk, dv, None, None, None
+def _ranges(layout: BlockCausalLayout) -> list[torch.Tensor]:
+    return [layout.shared_start, layout.shared_end, layout.causal_start]
+
+
+def _list_tensors(lists) -> list[torch.Tensor]:
+    return [lists.full_count, lists.full_index, lists.part_count, lists.part_index]
+
+
+def _layout_lists(layout: BlockCausalLayout, config: AttentionConfig) -> list[torch.Tensor]:
+    """The 12 visit-list tensors the three kernels read: forward by_query, dK/dV by_key, dQ by_query."""
+    forward = layout.tiles(config.forward.block_m, config.forward.block_n).by_query
+    dkdv = layout.tiles(config.dkdv.block_m, config.dkdv.block_n).by_key
+    dq = layout.tiles(config.dq.block_m, config.dq.block_n).by_query
+    return [*_list_tensors(forward), *_list_tensors(dkdv), *_list_tensors(dq)]
+
+
+def _config_ints(config: AttentionConfig) -> list[int]:
+    """An AttentionConfig as the 12 ints a custom op can take (block_m, block_n, warps, stages per kernel)."""
+    return [x for kernel in (config.forward, config.dkdv, config.dq) for x in astuple(kernel)]
+
+
+def _config_of(ints: Sequence[int]) -> AttentionConfig:
+    return AttentionConfig(*(KernelConfig(*ints[i : i + 4]) for i in (0, 4, 8)))
+
+
+@torch.library.custom_op(
+    "llmjepa::block_causal_attention",
+    mutates_args=(),
+    schema=(
+        "(Tensor q, Tensor k, Tensor v, Tensor[] ranges, Tensor[] lists, float scale, int[] config) -> (Tensor, Tensor)"
+    ),
+)
+def _attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ranges: list[torch.Tensor],
+    lists: list[torch.Tensor],
+    scale: float,
+    config: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): out (T, Hq, D) contiguous, lse (Hq, T) float32 (log2 domain), for the backward."""
+    return _launch_forward(q, k, v, ranges, lists[0:4], scale, _config_of(config).forward)
+
+
+@_attention_op.register_fake
+def _attention_fake(q, k, v, ranges, lists, scale, config):
+    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op(
+    "llmjepa::block_causal_attention_backward",
+    mutates_args=(),
+    schema=(
+        "(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor[] ranges, "
+        "Tensor[] lists, float scale, int[] config) -> (Tensor, Tensor, Tensor)"
+    ),
+)
+def _attention_backward_op(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    ranges: list[torch.Tensor],
+    lists: list[torch.Tensor],
+    scale: float,
+    config: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv), each contiguous in its input's shape."""
+    return _launch_backward(dout, q, k, v, out, lse, ranges, lists, scale, _config_of(config))
+
+
+@_attention_backward_op.register_fake
+def _attention_backward_fake(dout, q, k, v, out, lse, ranges, lists, scale, config):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _attention_setup_context(ctx, inputs, output) -> None:
+    q, k, v, ranges, lists, scale, config = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, *ranges, *lists)
+    ctx.scale, ctx.config = scale, config
+
+
+def _attention_autograd(ctx, dout: torch.Tensor, _dlse: torch.Tensor | None):
+    q, k, v, out, lse, *rest = ctx.saved_tensors
+    ranges, lists = rest[:3], rest[3:]
+    dq, dk, dv = _attention_backward_op(dout, q, k, v, out, lse, ranges, lists, ctx.scale, ctx.config)
+    return dq, dk, dv, [None] * len(ranges), [None] * len(lists), None, None  # a list input: a list of None
+
+
+_attention_op.register_autograd(_attention_autograd, setup_context=_attention_setup_context)
 
 
 def block_causal_attention(
@@ -686,4 +792,5 @@ def block_causal_attention(
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     config = config or default_config(d, q.dtype)
     q, k, v = (_rows_last_contiguous(x) for x in (q, k, v))
-    return BlockCausalAttentionFunction.apply(q, k, v, layout, scale, config)
+    out, _ = _attention_op(q, k, v, _ranges(layout), _layout_lists(layout, config), scale, _config_ints(config))
+    return out

@@ -123,13 +123,27 @@ class BlockCausalLayout:
         tiles: Iterable[TileShape] = (),
     ) -> None:
         _check_range_tensors(shared_start=shared_start, shared_end=shared_end, causal_start=causal_start)
-        self.num_tokens = shared_start.numel()
         self.device = shared_start.device
         self.shared_start, self.shared_end, self.causal_start = _checked_ranges(
             shared_start.long(), shared_end.long(), causal_start.long()
         )
         self._tiles: dict[tuple[int, int], _TileLists] = {}
         self.build(tiles)
+
+    @property
+    def num_tokens(self) -> int:
+        """T, read from the ranges' size: under torch.compile a symbolic size like q's, where an int
+        attribute would be a constant that specializes the graph on this stream's length."""
+        return self.shared_start.shape[0]
+
+    def ranges(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(shared_start, shared_end, causal_start): what the attention ops take in place of the layout."""
+        return self.shared_start, self.shared_end, self.causal_start
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The ranges and every built list: what a compiled model reads of the layout (`mark_dynamic`)."""
+        lists = [v for tiles in self._tiles.values() for v in tiles.built.values()]
+        return [*self.ranges(), *(getattr(v, f.name) for v in lists for f in fields(v))]
 
     def build(self, tiles: Iterable[TileShape]) -> None:
         """Build these (direction, block_m, block_n) lists now, where the layout lives; built ones stay."""
@@ -160,7 +174,6 @@ class BlockCausalLayout:
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> BlockCausalLayout:
         """A layout whose ranges and built lists are fn of these (not validated again; no tile masks)."""
         moved = object.__new__(BlockCausalLayout)
-        moved.num_tokens = self.num_tokens
         moved.shared_start, moved.shared_end, moved.causal_start = (
             fn(x) for x in (self.shared_start, self.shared_end, self.causal_start)
         )

@@ -20,12 +20,13 @@ summation order of colliding rows is not deterministic (fp32 rounding level).
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["JepaPairLossFunction", "cosine_jepa_loss"]
+__all__ = ["cosine_jepa_loss"]
 
 _KINDS = {"cosine": 0, "l2": 1, "mse": 2}
 _REDUCTIONS = ("mean", "sum")
@@ -128,49 +129,113 @@ def _block_d(dim: int) -> int:
     return min(1024, max(16, triton.next_power_of_2(dim)))
 
 
-class JepaPairLossFunction(torch.autograd.Function):
-    """Autograd wrapper; call through cosine_jepa_loss, which validates the inputs."""
+# ---- custom ops: what torch.compile sees (tensors and plain numbers; fake implementations give the shapes)
+# Schemas spelled out rather than inferred from the annotations: the same on every torch the kernels run with.
+@torch.library.custom_op(
+    "llmjepa::jepa_pair_loss",
+    mutates_args=(),
+    schema=(
+        "(Tensor hidden, Tensor pred_index, Tensor target_index, int kind, str reduction, float eps, "
+        "bool check) -> (Tensor, Tensor, Tensor)"
+    ),
+)
+def _pair_loss_op(
+    hidden: torch.Tensor,
+    pred_index: torch.Tensor,
+    target_index: torch.Tensor,
+    kind: int,
+    reduction: str,
+    eps: float,
+    check: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(reduced loss, per-pair cos, per-pair (|a|, |b|, |a - b|) for the backward), all float32.
 
-    @staticmethod
-    def forward(
-        ctx,
-        hidden: torch.Tensor,
-        pred_index: torch.Tensor,
-        target_index: torch.Tensor,
-        kind: int,
-        reduction: str,
-        eps: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        n = pred_index.numel()
-        dim = hidden.shape[1]
-        loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        cos = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        stats = torch.empty(n, 3, dtype=torch.float32, device=hidden.device)
-        with _device_guard(hidden.device):
-            _pair_loss_fwd_kernel[(n,)](
-                hidden, pred_index, target_index, loss, cos, stats, hidden.stride(0), dim, eps,
-                KIND=kind, BLOCK_D=_block_d(dim), num_warps=4,
-            )  # fmt: skip
-        total = loss.sum() if reduction == "sum" else loss.mean()
-        ctx.save_for_backward(hidden, pred_index, target_index, cos, stats)
-        ctx.kind = kind
-        ctx.eps = eps
-        ctx.grad_scale = 1.0 if reduction == "sum" else 1.0 / n
-        ctx.mark_non_differentiable(cos)
-        return total, cos
+    check: the index range check, here inside the op where it reads values without breaking a compiled
+    graph (on CUDA a host-device sync: callers that validated on the host pass False)."""
+    n = pred_index.numel()
+    if check:
+        _check_in_range(hidden.shape[0], pred_index, target_index)
+    loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    cos = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    stats = torch.empty(n, 3, dtype=torch.float32, device=hidden.device)
+    dim = hidden.shape[1]
+    with _device_guard(hidden.device):
+        _pair_loss_fwd_kernel[(n,)](
+            hidden, pred_index, target_index, loss, cos, stats, hidden.stride(0), dim, eps,
+            KIND=kind, BLOCK_D=_block_d(dim), num_warps=4,
+        )  # fmt: skip
+    total = loss.sum() if reduction == "sum" else loss.mean()
+    return total, cos, stats
 
-    @staticmethod
-    def backward(ctx, grad_total: torch.Tensor, grad_cos: torch.Tensor | None):
-        hidden, pred_index, target_index, cos, stats = ctx.saved_tensors
-        dim = hidden.shape[1]
-        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
-        with _device_guard(hidden.device):
-            _pair_loss_bwd_kernel[(pred_index.numel(),)](
-                hidden, pred_index, target_index, cos, stats, grad_total.reshape(1).contiguous(),
-                grad_hidden, hidden.stride(0), dim, ctx.eps, ctx.grad_scale,
-                KIND=ctx.kind, BLOCK_D=_block_d(dim), num_warps=4,
-            )  # fmt: skip
-        return grad_hidden.to(hidden.dtype), None, None, None, None, None
+
+@_pair_loss_op.register_fake
+def _pair_loss_fake(hidden, pred_index, target_index, kind, reduction, eps, check):
+    n = pred_index.shape[0]
+    new = partial(hidden.new_empty, dtype=torch.float32)
+    return new(()), new((n,)), new((n, 3))
+
+
+@torch.library.custom_op(
+    "llmjepa::jepa_pair_loss_backward",
+    mutates_args=(),
+    schema=(
+        "(Tensor grad_total, Tensor hidden, Tensor pred_index, Tensor target_index, Tensor cos, "
+        "Tensor stats, int kind, str reduction, float eps) -> Tensor"
+    ),
+)
+def _pair_loss_backward_op(
+    grad_total: torch.Tensor,
+    hidden: torch.Tensor,
+    pred_index: torch.Tensor,
+    target_index: torch.Tensor,
+    cos: torch.Tensor,
+    stats: torch.Tensor,
+    kind: int,
+    reduction: str,
+    eps: float,
+) -> torch.Tensor:
+    """d(loss)/d(hidden), in hidden's dtype; rows no pair names get 0."""
+    n = pred_index.numel()
+    dim = hidden.shape[1]
+    grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+    with _device_guard(hidden.device):
+        _pair_loss_bwd_kernel[(n,)](
+            hidden, pred_index, target_index, cos, stats, grad_total.reshape(1).contiguous(),
+            grad_hidden, hidden.stride(0), dim, eps, 1.0 if reduction == "sum" else 1.0 / n,
+            KIND=kind, BLOCK_D=_block_d(dim), num_warps=4,
+        )  # fmt: skip
+    return grad_hidden.to(hidden.dtype)
+
+
+@_pair_loss_backward_op.register_fake
+def _pair_loss_backward_fake(grad_total, hidden, pred_index, target_index, cos, stats, kind, reduction, eps):
+    return hidden.new_empty(hidden.shape)
+
+
+def _pair_loss_setup_context(ctx, inputs, output) -> None:
+    hidden, pred_index, target_index, kind, reduction, eps, _ = inputs
+    _, cos, stats = output
+    ctx.save_for_backward(hidden, pred_index, target_index, cos, stats)
+    ctx.kind, ctx.reduction, ctx.eps = kind, reduction, eps
+    ctx.mark_non_differentiable(cos, stats)
+
+
+def _pair_loss_autograd(ctx, grad_total: torch.Tensor, _grad_cos, _grad_stats):
+    hidden, pred_index, target_index, cos, stats = ctx.saved_tensors
+    grad_hidden = _pair_loss_backward_op(
+        grad_total, hidden, pred_index, target_index, cos, stats, ctx.kind, ctx.reduction, ctx.eps
+    )
+    return grad_hidden, None, None, None, None, None, None
+
+
+_pair_loss_op.register_autograd(_pair_loss_autograd, setup_context=_pair_loss_setup_context)
+
+
+def _check_in_range(t: int, *indices: torch.Tensor) -> None:
+    for name, index in zip(("pred_index", "target_index"), indices):
+        # Out-of-range rows would be read and written by the kernels without bounds checks.
+        if bool(((index < 0) | (index >= t)).any()):
+            raise IndexError(f"{name} has entries outside [0, {t - 1}]")
 
 
 def _check_index(name: str, index: torch.Tensor, hidden: torch.Tensor) -> None:
@@ -222,20 +287,17 @@ def cosine_jepa_loss(
             f"pred_index and target_index must have the same length, got {pred_index.numel()} "
             f"and {target_index.numel()}"
         )
-    n, (t, dim) = pred_index.numel(), hidden.shape
+    n, dim = pred_index.numel(), hidden.shape[1]
     if n == 0:
         if reduction == "mean":
             raise ValueError("the mean over zero pairs is undefined; use reduction='sum'")
         return hidden.float().sum() * 0.0, torch.empty(0, dtype=torch.float32, device=hidden.device)
     if dim == 0:
         raise ValueError("hidden has zero features")
-    if check_indices or hidden.device.type == "cpu":
-        for name, index in (("pred_index", pred_index), ("target_index", target_index)):
-            # Out-of-range rows would be read and written by the kernels without bounds checks.
-            if bool(((index < 0) | (index >= t)).any()):
-                raise IndexError(f"{name} has entries outside [0, {t - 1}]")
     if hidden.stride(1) != 1:
         hidden = hidden.contiguous()
-    return JepaPairLossFunction.apply(
-        hidden, pred_index.contiguous(), target_index.contiguous(), _KINDS[kind], reduction, eps
+    check = check_indices or hidden.device.type == "cpu"
+    total, cos, _ = _pair_loss_op(
+        hidden, pred_index.contiguous(), target_index.contiguous(), _KINDS[kind], reduction, eps, check
     )
+    return total, cos

@@ -131,6 +131,13 @@ def flex_block_causal_attention(
     gqa = q_heads != kv_heads and q_heads & (q_heads - 1) == 0
     if q_heads != kv_heads and not gqa:
         key, value = (x.repeat_interleave(q_heads // kv_heads, dim=1) for x in (key, value))
-    attend = compiled_flex_attention() if compiled else flex_attention
-    out = attend(query, key, value, block_mask=flex_block_mask(layout), scale=scale, enable_gqa=gqa)
+    if torch.compiler.is_compiling():
+        # inside a compiled model (--torch_compile): flex_attention is compiled with it, and the mask is
+        # traced from the layout's lists in every layer (a few small integer ops each; the per-layout cache
+        # is Python state Dynamo would break the graph on)
+        attend, block_mask = flex_attention, _build_block_mask(layout, FLEX_BLOCK)
+    else:
+        attend = compiled_flex_attention() if compiled else flex_attention
+        block_mask = flex_block_mask(layout)
+    out = attend(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     return out[0].transpose(0, 1)

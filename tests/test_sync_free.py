@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from custom_ops import inside_our_op
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
@@ -52,7 +53,8 @@ from llmjepa.training.trainer import JepaTrainer
 interpreted = pytest.mark.interpreter  # counts the CUDA path on the CPU: the Triton interpreter (conftest.py)
 
 aten = torch.ops.aten
-SCALAR_READS = {aten._local_scalar_dense.default, aten.equal.default}
+# is_nonzero and item: how bool(t) and t.item() reach the mode inside a custom op (below autograd, undecomposed)
+SCALAR_READS = {aten._local_scalar_dense.default, aten.equal.default, aten.is_nonzero.default, aten.item.default}
 DATA_DEPENDENT = {
     aten.nonzero.default,
     aten.nonzero_static.default,
@@ -88,9 +90,9 @@ def call_site() -> tuple[str, str]:
 
 
 def cpu_only_branch(site: str, line: str) -> bool:
-    """cosine_jepa_loss's index check runs on CPU tensors whatever check_indices says (no sync there);
-    on CUDA the trainer's check_indices=False skips it."""
-    return site.startswith("llmjepa_kernels/cosine_loss.py") and "cosine_jepa_loss" in site and "index" in line
+    """cosine_jepa_loss's index check (`_check_in_range`, inside its custom op) runs on CPU tensors whatever
+    check_indices says (no sync there); on CUDA the trainer's check_indices=False skips it."""
+    return site.startswith("llmjepa_kernels/cosine_loss.py") and "_check_in_range" in site and "index" in line
 
 
 class SyncCounter(TorchDispatchMode):
@@ -143,6 +145,9 @@ class SyncCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         if self.paused:
             return func(*args, **kwargs)
+        ours, out = inside_our_op(self, func, args, kwargs)  # the kernels' custom ops: count what they run
+        if ours:
+            return out
         tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         device = [t for t in tensors if self.on_device(t)]
         if device:

@@ -115,7 +115,7 @@ def test_matches_dense_float64(monkeypatch: pytest.MonkeyPatch, case: int) -> No
     q, k, v, dout, scale = inputs(rng, layout.num_tokens, dtype)
     ref = reference(q, k, v, dout, dense_visibility(layout), scale)
     blocks = torch_attention.query_blocks(layout)
-    masks = torch_attention._masks(layout, q.device, q.dtype)
+    masks = torch_attention._masks(layout.ranges(), q.device, q.dtype)
     for name, fn, args in (
         ("cpu form", torch_attention.torch_block_causal_attention, (layout, scale)),
         ("generic sdpa", torch_attention.blockwise_sdpa, (blocks, masks, scale)),
@@ -125,6 +125,23 @@ def test_matches_dense_float64(monkeypatch: pytest.MonkeyPatch, case: int) -> No
             assert torch.isfinite(x).all(), f"{name} {what}: not finite; {seed_note(case)}"
             err = rel(x, r)
             assert err < BOUNDS[dtype], f"{name} {what} {dtype}: {err:.2e}; {seed_note(case)}"
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_the_ops_off_cpu_form_matches_dense_float64(monkeypatch: pytest.MonkeyPatch, case: int) -> None:
+    """Off the CPU the custom op runs blockwise SDPA and its backward recomputes the blocks under autograd
+    (no flash backward op with GQA there): that form, run here on the CPU, against dense float64."""
+    rng = random.Random(SEED + 500 + case)
+    torch.manual_seed(SEED + 500 + case)
+    monkeypatch.setattr(torch_attention, "_flash_ops_on", lambda device: False)
+    layout = random_stream(rng)
+    dtype = (torch.float64, torch.float32)[case % 2]
+    q, k, v, dout, scale = inputs(rng, layout.num_tokens, dtype)
+    ref = reference(q, k, v, dout, dense_visibility(layout), scale)
+    got = ours(torch_attention.torch_block_causal_attention, q, k, v, dout, layout, scale)
+    for what, x, r in zip(("out", "dq", "dk", "dv"), got, ref):
+        assert torch.isfinite(x).all(), f"{what}: not finite; {seed_note(case)}"
+        assert rel(x, r) < BOUNDS[dtype], f"{what} {dtype}: {rel(x, r):.2e}; {seed_note(case)}"
 
 
 @pytest.mark.parametrize("case", range(20))
@@ -164,10 +181,10 @@ def test_blocks_and_masks_are_built_once_per_layout(monkeypatch: pytest.MonkeyPa
     q, k, v, _, scale = inputs(rng, layout.num_tokens, torch.float32)
     for _ in range(3):  # three layers
         torch_attention.torch_block_causal_attention(q, k, v, layout, scale)
-    masks = torch_attention._masks(layout, q.device, torch.float32)
-    assert masks is torch_attention._masks(layout, q.device, torch.float32)
+    masks = torch_attention._masks(layout.ranges(), q.device, torch.float32)
+    assert masks is torch_attention._masks(layout.ranges(), q.device, torch.float32)
     assert len(calls) == 1
-    key = id(layout)
+    key = tuple(id(x) for x in layout.ranges())
     assert key in torch_attention._BLOCKS
     del layout
     assert key not in torch_attention._BLOCKS  # the cache entry goes with its layout
@@ -189,7 +206,7 @@ def test_runs_the_flash_kernel_not_the_math_path(form: str) -> None:
     if form == "cpu form":
         fn, args = torch_attention.torch_block_causal_attention, (layout, scale)
     else:
-        masks = torch_attention._masks(layout, q.device, q.dtype)
+        masks = torch_attention._masks(layout.ranges(), q.device, q.dtype)
         fn, args = torch_attention.blockwise_sdpa, (torch_attention.query_blocks(layout), masks, scale)
     ops = attention_ops(lambda: ours(fn, q, k, v, dout, *args))
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
-from ..distributed import unwrap
+from ..distributed import base_model, unwrap
 from ..errors import UserError
 from ..views.layout import AttentionShape, PackedPlan, StreamWithLayout, host_layout, kernel_tiles  # noqa: F401
 from ..views.pack import pack_plan
@@ -151,6 +152,33 @@ def triton_attention_shape(
     return shape if shape is not None and shape.backend == "triton" else None
 
 
+def install_output_hooks(model: nn.Module) -> None:
+    """Install transformers' hooks that collect hidden states (output_hidden_states) before the forward:
+    the forward installs them at its first call under a threading lock, which Dynamo cannot trace (a graph
+    break in the first compiled step). Once installed, the forward only checks a flag."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # a transformers without it: nothing to install ahead
+        return
+    base = base_model(getattr(model, "_orig_mod", model))  # under torch.compile's wrapper (--torch_compile)
+    if isinstance(base, PreTrainedModel):
+        maybe_install_capturing_hooks(base)
+
+
+def mark_dynamic(stream: StreamWithLayout, *views: torch.Tensor) -> None:
+    """Every size of the stream and its layout (tokens, pairs, tile rows, list widths) a symbol for
+    torch.compile (`--torch_compile`): its first graph serves streams of any length, instead of a graph
+    specialized on the first stream and a recompile at the second (automatic dynamic shapes). Sizes 0
+    and 1 stay specialized (torch's rule), so recompiles are bounded, not per microbatch. Outside
+    torch.compile it only tags the tensors. views: the stream's tensors as the model gets them (a view
+    carries its own marks)."""
+    tensors = [t for t in vars(stream).values() if isinstance(t, torch.Tensor)] + stream.layout.tensors()
+    tensors += views
+    for t in tensors:
+        for dim in range(t.dim()):
+            torch._dynamo.maybe_mark_dynamic(t, dim)
+
+
 def run_fast(
     model: nn.Module,
     plan: "ViewPlan | PackedPlan",
@@ -174,9 +202,12 @@ def run_fast(
     elif stream.layout.device.type == "cpu":  # lists the collator was not asked for: built here, still on the host
         stream.layout.build(kernel_tiles(shape))
     stream = stream.to(device)
+    input_ids, position_ids = stream.input_ids[None], stream.position_ids[None]
+    mark_dynamic(stream, input_ids, position_ids)
+    install_output_hooks(model)
     out = model(
-        input_ids=stream.input_ids[None],
-        position_ids=stream.position_ids[None],
+        input_ids=input_ids,
+        position_ids=position_ids,
         block_causal_layout=stream.layout,
         block_causal_backend=backend,
         logits_to_keep=stream.label_index[:0],  # no logits from the model: the loss below makes its own
