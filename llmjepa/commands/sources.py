@@ -83,7 +83,12 @@ def check_dataset_args(args: argparse.Namespace, hub_unreachable: Callable[[str,
         raise UserError("--dataset_streaming has no length to count epochs by: give --max_train_steps")
     if args.dataset_streaming and args.eval_split:
         raise UserError("--dataset_streaming cannot hold out a fraction (--eval_split): give --dataset_eval_split")
-    name = args.dataset_name
+    check_dataset_name(args.dataset_name, hub_unreachable)
+
+
+def check_dataset_name(name: str, hub_unreachable: Callable[[str, float], str | None]) -> None:
+    """An existing local file or folder of a known type, or a Hub id whose host answers within a second. Cheap
+    (no torch, no transformers): llmjepa-train calls it on the command line before the flags' parser loads."""
     if is_local(name):
         path = Path(name).expanduser()
         if not path.exists():
