@@ -269,6 +269,8 @@ def test_source_flags_refused_before_loading(tmp_path: Path, capsys: pytest.Capt
         (["--dataset_name", tmp_path / "data.xlsx"], "unknown file type .xlsx"),
         (["--dataset_split", "test"], "--dataset_split applies to --dataset_name"),
         (["--dataset_name", tmp_path, "--train_file", tmp_path / "x.jsonl"], "not both"),
+        (["--dataset_name", tmp_path, "--dataset_streaming", "--eval_split", "0.1"], "as unbounded as the stream"),
+        (["--dataset_num_proc", "0"], "--dataset_num_proc"),
     ]
     for flags, needle in cases:
         rc, _, err = run_cli(capsys, *flags, *TRAIN, "--output_dir", tmp_path / "out")
@@ -358,6 +360,13 @@ def test_streaming_trains_its_steps_and_needs_max_train_steps(
     steps = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in steps)
     assert "| training examples | streamed |" in (tmp_path / "c" / "README.md").read_text()  # the card has no count
+    source = str(tmp_path / "pc.parquet")  # the stream's drops counted as drawn (row 1 once, though met twice)
+    assert (
+        f"llmjepa-train: warning: {source}: 1 bad rows dropped (1 empty assistant; {source} (split train, row 1))"
+        in out
+    )
+    session = json.loads((tmp_path / "c" / "run.json").read_text())["sessions"][-1]
+    assert session["dropped_bad_rows"] == {source: {"empty assistant": 1}}
 
 
 def test_library_takes_an_iterable_dataset(tmp_path: Path) -> None:

@@ -10,13 +10,19 @@ import argparse
 import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..views.examples import Example, examples_from_records, load_examples, split_examples
+from ..views.examples import has_view_fields
 from ..views.formats import BadRows, DataFormat
+
+if TYPE_CHECKING:  # encoded_rows imports transformers: --help and the Hub probe import none of it
+    from ..views.encoded_rows import EncodedTable
 
 # a local file's datasets builder, by its suffix (a JSONL file is read here, naming lines)
 BUILDERS = {".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
@@ -48,6 +54,7 @@ def load_formatting_func(spec: str) -> Callable[[dict], Any]:
             loaded = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
             module = importlib.util.module_from_spec(loaded)
             loaded.loader.exec_module(module)
+            sys.modules.setdefault(loaded.name, module)  # datasets.map's processes unpickle the function by name
         else:
             module = importlib.import_module(module_name)
     except UserError:
@@ -82,7 +89,10 @@ def check_dataset_args(args: argparse.Namespace, hub_unreachable: Callable[[str,
     if args.dataset_streaming and args.max_train_steps < 1:
         raise UserError("--dataset_streaming has no length to count epochs by: give --max_train_steps")
     if args.dataset_streaming and args.eval_split:
-        raise UserError("--dataset_streaming cannot hold out a fraction (--eval_split): give --dataset_eval_split")
+        raise UserError(
+            "--eval_split holds out a fraction, and a fraction of a stream is as unbounded as the stream: evaluating "
+            "it every --eval_steps would not end; with --dataset_streaming give --dataset_eval_split (read whole)"
+        )
     check_dataset_name(args.dataset_name, hub_unreachable)
 
 
@@ -140,51 +150,110 @@ def open_split(args: argparse.Namespace, split: str, streaming: bool = False) ->
         raise UserError(f"--dataset_name {name}: split {split!r}: {type(e).__name__}: {reason}") from None
 
 
-def read_split(args: argparse.Namespace, split: str, fmt: DataFormat, bad_rows: BadRows) -> list[Example]:
+def row_name(name: str, split: str, k: int) -> str:
+    """How row k of a --dataset_name split is named in messages (a function, so map's processes can pickle it)."""
+    return f"{name} (split {split}, row {k})"
+
+
+def encoded_jsonl(path: str | Path, fmt: DataFormat, tokenizer: Any, cfg: Any, num_proc: int | None) -> "EncodedTable":
+    """A JSONL file encoded (views/encoded_rows.py), its rows named file:line; cached by the file's bytes."""
+    from ..views.encoded_rows import RowReader, encode_table, file_fingerprint, jsonl_table
+
+    path = check_jsonl(path)
+    reader = RowReader("jsonl", fmt, path=str(path), view_fields=has_view_fields(path))
+    return encode_table(jsonl_table(path), tokenizer, cfg, reader, num_proc, file_fingerprint(path))
+
+
+def check_jsonl(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; expected a JSONL file")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    return path
+
+
+def encoded_split(args: argparse.Namespace, split: str, fmt: DataFormat, tokenizer: Any, cfg: Any) -> "EncodedTable":
+    """One split of --dataset_name encoded (a local JSONL file: by its lines), cached by datasets' fingerprint."""
+    from ..views.encoded_rows import RowReader, encode_table
+
     name = args.dataset_name
     path = Path(name).expanduser()
     if path.is_file() and path.suffix.lower() == ".jsonl":
         if split != "train":
             raise UserError(f"--dataset_name {name}: one JSONL file, no splits; split {split!r} is not in it")
-        return load_examples(path, fmt=fmt, bad_rows=bad_rows)
-    rows = open_split(args, split)
-    label = f"{name} (split {split})"
-    return examples_from_records(rows, label, fmt, bad_rows, where=lambda k: f"{name} (split {split}, row {k})")
+        return encoded_jsonl(path, fmt, tokenizer, cfg, args.dataset_num_proc)
+    reader = RowReader("rows", fmt, name=f"{name} (split {split})", where=partial(row_name, name, split))
+    return encode_table(open_split(args, split), tokenizer, cfg, reader, args.dataset_num_proc)
 
 
-def load_dataset_examples(
-    args: argparse.Namespace, fmt: DataFormat, bad_rows: dict[str, BadRows]
-) -> tuple[list[Example], list[Example]]:
-    """--dataset_name's train split and held-out examples (--dataset_eval_split, or --eval_split's fraction of
-    the train split); bad_rows gets each split's collector by its name."""
-    split = args.dataset_split
-    bad_rows[split] = BadRows(drop=args.drop_bad_rows)
-    train = read_split(args, split, fmt, bad_rows[split])
-    held: list[Example] = []
-    if args.dataset_eval_split:
-        eval_split = args.dataset_eval_split
-        bad_rows[eval_split] = BadRows(drop=args.drop_bad_rows)
-        held = read_split(args, eval_split, fmt, bad_rows[eval_split])
-    elif args.eval_split:
-        train, held = split_examples(train, args.eval_split, args.split_seed)
+@dataclass
+class EncodedPart:
+    """The examples a run trains or evaluates on: rows of an encoded table (a held-out fraction shares its
+    table with the train part), and the source's name for warnings."""
+
+    source: str
+    table: "EncodedTable"
+    rows: Any  # numpy array of the table's rows, in order
+
+
+def encode_data(
+    args: argparse.Namespace, tokenizer: Any, cfg: Any, bad_rows: dict[str, BadRows]
+) -> tuple[EncodedPart | None, EncodedPart | None]:
+    """The run's train and held-out examples, encoded: --dataset_name's split (None when streamed: the stream is
+    stream_train_set's), --data_file, --train_file (default: the demo data); held out: --dataset_eval_split, an
+    --eval_split fraction, or --eval_file. bad_rows gets each source's collector (--drop_bad_rows counts there;
+    without it the first bad row is raised, before anything else is encoded)."""
+    from ..default_model import demo_data_path
+    from ..views.encoded_rows import split_rows
+
+    for given in (args.train_file, args.data_file, args.eval_file):
+        if given:
+            check_jsonl(given)  # every file there before any is encoded
+    fmt = data_format_of(args)
+    collect = lambda source: bad_rows.setdefault(source, BadRows(drop=args.drop_bad_rows))  # noqa: E731
+    examples = lambda table, label: table.good_rows(collect(label), label)  # noqa: E731
+    train = held = None
+    if args.dataset_name:
+        name, split = args.dataset_name, args.dataset_split
+        if not args.dataset_streaming:
+            table = encoded_split(args, split, fmt, tokenizer, cfg)
+            train = EncodedPart(name, table, examples(table, split_label(name, split)))
+        if args.dataset_eval_split:
+            table = encoded_split(args, args.dataset_eval_split, fmt, tokenizer, cfg)
+            held = EncodedPart(name, table, examples(table, split_label(name, args.dataset_eval_split)))
+    elif args.data_file:
+        table = encoded_jsonl(args.data_file, fmt, tokenizer, cfg, args.dataset_num_proc)
+        train = EncodedPart(args.data_file, table, examples(table, args.data_file))
+    else:
+        source = args.train_file or str(demo_data_path("train"))
+        table = encoded_jsonl(source, fmt, tokenizer, cfg, args.dataset_num_proc)
+        train = EncodedPart(source, table, examples(table, source))
+    if train is not None and args.eval_split and (args.data_file or args.dataset_name) and not held:
+        kept, held_rows = split_rows(train.rows, args.eval_split, args.split_seed)
+        train, held = EncodedPart(train.source, train.table, kept), EncodedPart(train.source, train.table, held_rows)
+    if args.eval_file:
+        table = encoded_jsonl(args.eval_file, fmt, tokenizer, cfg, args.dataset_num_proc)
+        held = EncodedPart(args.eval_file, table, examples(table, args.eval_file))
     return train, held
 
 
-def stream_train_set(args: argparse.Namespace, tokenizer: Any, cfg: Any) -> tuple[Any, list[Example]]:
+def split_label(name: str, split: str) -> str:
+    """The name a --dataset_name split's bad rows are counted under (run.json's dropped_bad_rows)."""
+    return f"{name} (split {split})"
+
+
+def stream_train_set(args: argparse.Namespace, tokenizer: Any, cfg: Any) -> Any:
     """--dataset_streaming: the train split as an EncodedStream (views/streaming.py), its first example read and
-    tokenized now (a bad first row, or text rows with a JEPA mode, fail before the model loads), and the eval
-    split (--dataset_eval_split) read whole."""
+    tokenized now (a bad first row, or text rows with a JEPA mode, fail before the model loads); its bad rows and
+    dropped prompts are counted as training draws them (EncodedStream.counts)."""
     from ..views.streaming import EncodedStream
 
     name, split = args.dataset_name, args.dataset_split
     fmt = data_format_of(args)
-    where = lambda k: f"{name} (split {split}, row {k})"  # noqa: E731
+    where = partial(row_name, name, split)
     stream = EncodedStream(open_split(args, split, streaming=True), tokenizer, cfg, fmt, args.drop_bad_rows, where)
     if next(iter(stream), None) is None:
         raise UserError(f"--dataset_name {name}: split {split!r}: no examples")
-    stream.bad_rows, stream.report = BadRows(drop=args.drop_bad_rows), type(stream.report)()  # counted from the start
-    held: list[Example] = []
-    if args.dataset_eval_split:
-        eval_split = args.dataset_eval_split
-        held = read_split(args, eval_split, fmt, BadRows(drop=args.drop_bad_rows))
-    return stream, held
+    stream.restart_counts()  # counted from the start of training
+    return stream

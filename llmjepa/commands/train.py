@@ -163,6 +163,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         ("debug", args.debug >= 0, ">= 0"),
         ("dataloader_num_workers", args.dataloader_num_workers is None or args.dataloader_num_workers >= 0, ">= 0"),
         ("lora_rank", args.lora_rank >= 1, ">= 1"),
+        ("dataset_num_proc", args.dataset_num_proc is None or args.dataset_num_proc >= 1, ">= 1"),
         ("last_token", args.last_token <= -1, "<= -1 (an index from the end)"),
         ("finetune_seed", SEED_RANGE[0] <= args.finetune_seed <= SEED_RANGE[1], f"in {SEED_RANGE[0]}..2**32-1"),
         ("split_seed", SEED_RANGE[0] <= args.split_seed <= SEED_RANGE[1], f"in {SEED_RANGE[0]}..2**32-1"),
