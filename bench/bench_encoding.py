@@ -7,7 +7,7 @@ conversations generated here (no network), with 1 and 2 processes, then a second
 
 Each measurement is a fresh process (as a second llmjepa-train run is), on flags as llmjepa-train gets them
 (view-based LLM-JEPA, --predictors 1, the embedded tokenizer). The parent samples the memory of that process and
-its children (datasets.map's workers) every 50 ms: the sum of their RSS (shared pages counted in each process,
+its children (datasets.map's workers) every 0.2 s: the sum of their RSS (shared pages counted in each process,
 an upper bound) and of their PSS (shared pages divided among them). `encode_s` is encode_data and the encoded
 rows' report, `wall_s` the whole process (Python, torch and transformers imports included). Goals on the 2-core
 CPU: 100k in under 2 minutes, under 1 GB peak, a second start under 10 s.
@@ -122,7 +122,7 @@ def measure(data: Path, cache: Path, num_proc: int) -> dict:
         while proc.poll() is None:
             rss, pss = tree_memory(proc.pid)
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
-            time.sleep(0.05)
+            time.sleep(0.2)  # reading smaps costs CPU the measured process would otherwise get
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -141,7 +141,7 @@ def measure(data: Path, cache: Path, num_proc: int) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--source", choices=("parquet", "jsonl"), default="parquet")
@@ -152,10 +152,10 @@ def main() -> None:
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
     p.add_argument("--num_proc", type=int, default=1, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.child:
         child(args)
-        return
+        return {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         work = Path(work)
         data = write_data(work, args.rows, args.source)
@@ -172,6 +172,7 @@ def main() -> None:
     report = {"rows": args.rows, "source": args.source, "data_mb": data_mb, "results": results}
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
 if __name__ == "__main__":

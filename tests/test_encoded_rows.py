@@ -140,3 +140,25 @@ def test_bad_rows_found_by_two_processes_are_named_or_counted(
     encode_data(args, load_tokenizer(args.model_name), derive(args).view, bad_rows)
     assert bad_rows[str(jsonl)].counts == {"empty assistant": 1, "malformed JSON": 1}
     assert bad_rows[str(jsonl)].first == [f"{jsonl}:8", f"{jsonl}:10"]
+
+
+def test_a_stream_counts_what_its_loader_workers_drop() -> None:
+    """Streamed rows are checked in data-loader workers: what they drop reaches the training process's counts, each
+    row once however many passes meet it."""
+    import torch
+
+    from llmjepa.views.formats import DataFormat
+    from llmjepa.views.streaming import EncodedStream
+
+    rows = bundled_rows(8)
+    rows[2] = {"messages": "not a list"}
+    rows[5] = {"prompt": "what is " + "1 + " * 300 + "1?", "completion": "301"}  # fills max_length: dropped
+    rows[6] = {"prompt": "a question", "completion": ""}
+    cfg = ViewConfig(predictors=1, max_length=200)
+    stream = EncodedStream(rows, load_tokenizer(DEFAULT_MODEL_NAME), cfg, DataFormat(), drop_bad_rows=True)
+    loader = torch.utils.data.DataLoader(stream, batch_size=1, num_workers=2, collate_fn=lambda batch: batch[0])
+    for _ in range(2):  # two passes: each dropped row counted once
+        assert sorted(e.index for e in loader) == [0, 1, 3, 4, 7]
+    bad_rows, report = stream.counts()
+    assert bad_rows.counts == {"bad messages": 1, "empty assistant": 1}
+    assert (report.dropped, report.dropped_sources) == (1, ["train_dataset[5]"])

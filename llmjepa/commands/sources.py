@@ -2,8 +2,11 @@
 format datasets reads, a folder written by save_to_disk, or a Hub id), and how rows are read (--messages_field,
 --prompt_field, --completion_field, --system_prompt, --formatting_func, --drop_bad_rows).
 
-`datasets` is imported inside the functions that read a source: `llmjepa-train --help` imports none of it.
-A local JSONL file given as --dataset_name is read by views/examples.py, so a bad row is named by its line.
+Every source a run trains or evaluates on is encoded here, before the model loads (`encode_data`): JSONL files
+(--train_file, --data_file, --eval_file, a .jsonl --dataset_name) as tables of their lines, so a bad row is named
+by file and line; other sources by datasets' own columns; both through views/encoded_rows.py (datasets.map,
+--dataset_num_proc, cached). `datasets` and transformers are imported inside the functions that read a source:
+`llmjepa-train --help` and the Hub probe (`check_dataset_name`) import none of them.
 """
 
 import argparse
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..views.examples import has_view_fields
+from ..views.examples import Example, examples_from_records, has_view_fields, load_examples, split_examples
 from ..views.formats import BadRows, DataFormat
 
 if TYPE_CHECKING:  # encoded_rows imports transformers: --help and the Hub probe import none of it
@@ -177,14 +180,49 @@ def encoded_split(args: argparse.Namespace, split: str, fmt: DataFormat, tokeniz
     """One split of --dataset_name encoded (a local JSONL file: by its lines), cached by datasets' fingerprint."""
     from ..views.encoded_rows import RowReader, encode_table
 
-    name = args.dataset_name
-    path = Path(name).expanduser()
-    if path.is_file() and path.suffix.lower() == ".jsonl":
-        if split != "train":
-            raise UserError(f"--dataset_name {name}: one JSONL file, no splits; split {split!r} is not in it")
-        return encoded_jsonl(path, fmt, tokenizer, cfg, args.dataset_num_proc)
-    reader = RowReader("rows", fmt, name=f"{name} (split {split})", where=partial(row_name, name, split))
+    name, jsonl = args.dataset_name, jsonl_dataset(args.dataset_name, split)
+    if jsonl is not None:
+        return encoded_jsonl(jsonl, fmt, tokenizer, cfg, args.dataset_num_proc)
+    reader = RowReader("rows", fmt, name=split_label(name, split), where=partial(row_name, name, split))
     return encode_table(open_split(args, split), tokenizer, cfg, reader, args.dataset_num_proc)
+
+
+def jsonl_dataset(name: str, split: str) -> Path | None:
+    """A --dataset_name that is a local JSONL file (read line by line, rows named by line): its one split is train."""
+    path = Path(name).expanduser()
+    if not (path.is_file() and path.suffix.lower() == ".jsonl"):
+        return None
+    if split != "train":
+        raise UserError(f"--dataset_name {name}: one JSONL file, no splits; split {split!r} is not in it")
+    return path
+
+
+def read_split(args: argparse.Namespace, split: str, fmt: DataFormat, bad_rows: BadRows) -> list[Example]:
+    """One split of --dataset_name as a list of examples (run.load_data's: parity and the benchmarks; a run
+    encodes its data with encode_data)."""
+    name, jsonl = args.dataset_name, jsonl_dataset(args.dataset_name, split)
+    if jsonl is not None:
+        return load_examples(jsonl, fmt=fmt, bad_rows=bad_rows)
+    where = partial(row_name, name, split)
+    return examples_from_records(open_split(args, split), split_label(name, split), fmt, bad_rows, where=where)
+
+
+def load_dataset_examples(
+    args: argparse.Namespace, fmt: DataFormat, bad_rows: dict[str, BadRows]
+) -> tuple[list[Example], list[Example]]:
+    """--dataset_name's train split and held-out examples as lists (--dataset_eval_split, or --eval_split's
+    fraction of the train split); bad_rows gets each split's collector by its name."""
+    split = args.dataset_split
+    bad_rows[split] = BadRows(drop=args.drop_bad_rows)
+    train = read_split(args, split, fmt, bad_rows[split])
+    held: list[Example] = []
+    if args.dataset_eval_split:
+        eval_split = args.dataset_eval_split
+        bad_rows[eval_split] = BadRows(drop=args.drop_bad_rows)
+        held = read_split(args, eval_split, fmt, bad_rows[eval_split])
+    elif args.eval_split:
+        train, held = split_examples(train, args.eval_split, args.split_seed)
+    return train, held
 
 
 @dataclass

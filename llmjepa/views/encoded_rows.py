@@ -19,6 +19,7 @@ encoded in memory, uncached. docs/views.md, "Encoding", says more.
 import hashlib
 import inspect
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -169,10 +170,17 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def code_fingerprint() -> str:
     """The source of the modules whose code decides an encoded row: a changed encoder never reads an old cache."""
+    from importlib.metadata import version
+
     from .. import tokens
     from . import encoding, examples, formats, stp
 
-    return sha256_of([inspect.getsource(m) for m in (encoding, examples, formats, stp, tokens)] + [__doc__ or ""])
+    modules = (encoding, examples, formats, stp, tokens, sys.modules[__name__])
+    try:
+        sources = [inspect.getsource(m) for m in modules]
+    except OSError:  # installed without its .py files: the version stands for the code
+        sources = [version("llmjepa")]
+    return sha256_of(sources)
 
 
 def encoding_key(source_fingerprint: str, tokenizer: Any, cfg: ViewConfig, reader: RowReader) -> str | None:
