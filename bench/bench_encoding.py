@@ -8,9 +8,13 @@ conversations generated here (no network), with 1 and 2 processes, then a second
 Each measurement is a fresh process (as a second llmjepa-train run is), on flags as llmjepa-train gets them
 (view-based LLM-JEPA, --predictors 1, the embedded tokenizer). The parent samples the memory of that process and
 its children (datasets.map's workers) every 0.2 s: the sum of their RSS (shared pages counted in each process,
-an upper bound) and of their PSS (shared pages divided among them). `encode_s` is encode_data and the encoded
-rows' report, `wall_s` the whole process (Python, torch and transformers imports included). Goals on the 2-core
-CPU: 100k in under 2 minutes, under 1 GB peak, a second start under 10 s.
+an upper bound), of their PSS (shared pages divided among them), and of their anonymous PSS (PSS less the file
+pages: the memory-mapped data and cache files, which the kernel can drop and read again). `encode_s` is
+encode_data and the encoded rows' report; `encode_cpu_s` its CPU time, the map's workers included (on a shared
+machine, examples per CPU-second say what the cores would do unloaded); `wall_s` the whole process (Python, torch
+and transformers imports included). Goals on the 2-core CPU: 100k in under 2 minutes, under 1 GB peak, a second
+start under 10 s. psutil (a dependency of accelerate, which the Trainer needs) finds the processes;
+/proc/PID/smaps_rollup gives their memory (Linux).
 """
 
 import argparse
@@ -76,7 +80,7 @@ def child(args: argparse.Namespace) -> None:
     cfg = derive(run_args).view
     tokenizer = load_tokenizer(run_args.model_name)
     cached = any(Path(args.cache, "llmjepa-encoded").glob("*.arrow"))
-    encode_start = time.perf_counter()
+    encode_start, cpu_start = time.perf_counter(), cpu_seconds()
     train, _ = encode_data(run_args, tokenizer, cfg, {})
     encoded = encode_part(train, cfg, {})
     first = encoded[0]
@@ -86,28 +90,39 @@ def child(args: argparse.Namespace) -> None:
         "tokens_view1_first": len(first.input_ids),
         "cache_existed": cached,
         "encode_s": round(done - encode_start, 2),
+        "encode_cpu_s": round(cpu_seconds() - cpu_start, 2),
         "wall_s": round(done - started, 2),
     }
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def tree_memory(pid: int) -> tuple[int, int]:
-    """(sum of RSS, sum of PSS) in bytes of a process and its descendants."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (datasets.map's workers, once joined)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def tree_memory(pid: int) -> tuple[int, int, int]:
+    """(RSS, PSS, anonymous PSS) in bytes, summed over a process and its descendants (Linux smaps_rollup). The
+    anonymous part leaves out file pages: the memory-mapped Arrow files, which the kernel can drop and reread."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0, 0
-    rss = pss = 0
+        return 0, 0, 0
+    totals = [0, 0, 0]
     for p in procs:
         try:
-            info = p.memory_full_info()
-            rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return rss, pss
+            fields = dict(
+                line.split(":", 1) for line in Path(f"/proc/{p.pid}/smaps_rollup").read_text().splitlines()[1:]
+            )
+        except (OSError, ValueError):  # the process ended meanwhile
+            continue
+        for i, name in enumerate(("Rss", "Pss", "Pss_Anon")):
+            totals[i] += int(fields.get(name, "0 kB").split()[0]) * 1024
+    return totals[0], totals[1], totals[2]
 
 
 def measure(data: Path, cache: Path, num_proc: int) -> dict:
@@ -116,12 +131,11 @@ def measure(data: Path, cache: Path, num_proc: int) -> dict:
     cmd = [sys.executable, __file__, "--child", "--data", str(data), "--cache", str(cache), "--num_proc", str(num_proc)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = [0, 0]
+    peak = [0, 0, 0]
 
     def sample() -> None:
         while proc.poll() is None:
-            rss, pss = tree_memory(proc.pid)
-            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            peak[:] = [max(a, b) for a, b in zip(peak, tree_memory(proc.pid))]
             time.sleep(0.2)  # reading smaps costs CPU the measured process would otherwise get
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -136,7 +150,9 @@ def measure(data: Path, cache: Path, num_proc: int) -> dict:
         process_s=round(time.perf_counter() - started, 2),
         peak_rss_mb=round(peak[0] / 2**20),
         peak_pss_mb=round(peak[1] / 2**20),
+        peak_pss_anon_mb=round(peak[2] / 2**20),
         examples_per_s=round(result["examples"] / result["encode_s"]) if result["encode_s"] else None,
+        examples_per_cpu_s=round(result["examples"] / result["encode_cpu_s"]) if result["encode_cpu_s"] else None,
     )
     return result
 

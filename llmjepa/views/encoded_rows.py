@@ -16,6 +16,7 @@ tokenizer's content, the ViewConfig and DataFormat (the formatting function's co
 encoded in memory, uncached. docs/views.md, "Encoding", says more.
 """
 
+import gc
 import hashlib
 import inspect
 import json
@@ -240,17 +241,20 @@ def encode_table(
     table's, where it is backed by files; an in-memory table is not cached)."""
     import datasets
 
-    if source_fingerprint is None and table.cache_files:
-        source_fingerprint = table._fingerprint  # datasets' fingerprint of a loaded (file-backed) dataset
-    key = encoding_key(source_fingerprint, tokenizer, cfg, reader) if source_fingerprint else None
-    path = cache_file(key)
-    quiet, bars = len(table) < PROGRESS_FROM, not datasets.are_progress_bars_disabled()
-    if quiet:
-        datasets.disable_progress_bars()
     if not len(table):  # map gives an empty table no columns
         features = encoded_features()
         empty = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
         return EncodedTable(empty, table, reader, cfg.max_length)
+    if source_fingerprint is None and table.cache_files:
+        source_fingerprint = table._fingerprint  # datasets' fingerprint of a loaded (file-backed) dataset
+    key = encoding_key(source_fingerprint, tokenizer, cfg, reader) if source_fingerprint else None
+    path = cache_file(key)
+    procs = num_proc if num_proc and num_proc > 1 and len(table) >= num_proc else None
+    quiet, bars = len(table) < PROGRESS_FROM, not datasets.are_progress_bars_disabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    if procs:  # the forked processes' garbage collector then never writes to (so never copies) the parent's objects
+        gc.freeze()
     try:
         encoded = table.map(
             encode_batch,
@@ -260,7 +264,7 @@ def encode_table(
             remove_columns=table.column_names,
             features=encoded_features(),
             fn_kwargs={"tokenizer": tokenizer, "cfg": cfg, "reader": reader},
-            num_proc=num_proc if num_proc and num_proc > 1 and len(table) >= num_proc else None,
+            num_proc=procs,
             cache_file_name=path,
             load_from_cache_file=path is not None,
             keep_in_memory=path is None,
@@ -268,6 +272,8 @@ def encode_table(
             desc="llmjepa: encoding",
         )
     finally:
+        if procs:
+            gc.unfreeze()
         if quiet and bars:
             datasets.enable_progress_bars()
     return EncodedTable(encoded, table, reader, cfg.max_length)
