@@ -3,6 +3,7 @@ every mode and with several processes, a second run reads the cache (and a chang
 does not), and bad rows found by the processes are still named by source, split and row (file:line) or counted.
 Every dataset is built here; nothing touches the network."""
 
+import datetime
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +56,7 @@ def test_encoded_rows_are_encode_all_in_every_mode(mode: str) -> None:
     cfg, num_proc = MODES[mode]
     rows = bundled_rows(24)
     rows = multi_turn(rows) if cfg.jepa_turns == "all" else rows
+    rows[3]["when"] = datetime.date(2026, 12, 5)  # a column no format reads, of a type JSON has not
     tokenizer = load_tokenizer(DEFAULT_MODEL_NAME)
     want, want_report = encode_all(examples_from_records(rows), tokenizer, cfg)
     for table in (rows, datasets.Dataset.from_list(rows)):  # a list through its JSON, a Dataset by its columns

@@ -96,14 +96,9 @@ def records_table(records: list) -> Any:
     """The library's list of records as a one-column table of their JSON (rows of any shape, even mixed)."""
     import datasets
 
-    def dumped(obj: Any) -> str:
-        try:
-            return json.dumps(obj)
-        except (TypeError, ValueError):  # not JSON: recognised as what it is not (an object with known columns)
-            return json.dumps(repr(obj))
-
     features = datasets.Features({"json": datasets.Value("string")})
-    return datasets.Dataset.from_dict({"json": [dumped(r) for r in records]}, features=features)
+    # a value JSON cannot hold (a date in a column no format reads) goes as its repr
+    return datasets.Dataset.from_dict({"json": [json.dumps(r, default=repr) for r in records]}, features=features)
 
 
 # ---- the map function ---------------------------------------------------------------------------------------
@@ -120,6 +115,7 @@ def encode_batch(batch: dict, indices: list[int], tokenizer: Any, cfg: ViewConfi
 
 
 def encode_row(row: dict, k: int, tokenizer: Any, cfg: ViewConfig, reader: RowReader) -> dict:
+    """Row k's columns: its Encoded fields, or its status and why (nothing raised, so a process finishes its shard)."""
     out = {"status": OK, "kind": "", "message": "", "source": "", **{n: [] for n in (*LISTS, *NESTED)}}
     out.update({n: -1 for n in NUMBERS}, **{n: False for n in FLAGS})
     try:
