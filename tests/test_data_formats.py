@@ -271,6 +271,7 @@ def test_source_flags_refused_before_loading(tmp_path: Path, capsys: pytest.Capt
         (["--dataset_name", tmp_path, "--train_file", tmp_path / "x.jsonl"], "not both"),
         (["--dataset_name", tmp_path, "--dataset_streaming", "--eval_split", "0.1"], "as unbounded as the stream"),
         (["--dataset_num_proc", "0"], "--dataset_num_proc"),
+        (["--dataset_name", tmp_path, "--dataset_streaming", "--dataset_num_proc", "2"], "as training draws it"),
     ]
     for flags, needle in cases:
         rc, _, err = run_cli(capsys, *flags, *TRAIN, "--output_dir", tmp_path / "out")

@@ -91,6 +91,11 @@ def check_dataset_args(args: argparse.Namespace, hub_unreachable: Callable[[str,
         raise UserError("--dataset_eval_split holds out a split; it contradicts --eval_split and --eval_file")
     if args.dataset_streaming and args.max_train_steps < 1:
         raise UserError("--dataset_streaming has no length to count epochs by: give --max_train_steps")
+    if args.dataset_streaming and args.dataset_num_proc:
+        raise UserError(
+            "--dataset_num_proc encodes a whole dataset before training; a stream is encoded as training draws it "
+            "(in --dataloader_num_workers processes)"
+        )
     if args.dataset_streaming and args.eval_split:
         raise UserError(
             "--eval_split holds out a fraction, and a fraction of a stream is as unbounded as the stream: evaluating "
