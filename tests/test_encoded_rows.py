@@ -95,7 +95,8 @@ def test_a_second_run_reads_the_cache_and_a_change_encodes_again(
         assert encoded_by_flags(*source) == first and len(calls) == 12  # read from the cache: nothing encoded
         assert encoded_by_flags(*source, "--front_pred") != first and len(calls) == 24  # an option changed
         calls.clear()
-    assert len(list(local_datasets_cache.glob("*.arrow"))) == 4
+    assert len(list(local_datasets_cache.glob("*-checked.arrow"))) == 4  # the check pass's, cached too
+    assert len(list(local_datasets_cache.glob("*.arrow"))) == 8
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))  # the same file, other content
     assert encoded_by_flags("--train_file", jsonl) != first and len(calls) == 12
 
@@ -130,6 +131,15 @@ def test_bad_rows_found_by_two_processes_are_named_or_counted(
         rc = main([str(f) for f in [*source, *common, "--output_dir", tmp_path / "out"]])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and err[0] == f"llmjepa-train: error: {where}: empty assistant message", err
+
+    def encoded(*_: object) -> None:
+        raise AssertionError("a row was encoded before the bad row was reported")
+
+    args = parse_args([str(f) for f in ["--dataset_name", tmp_path / "rows.parquet", "--max_train_steps", "1"]])
+    with monkeypatch.context() as patch:  # the check pass finds it: no row is tokenized first
+        patch.setattr(encoded_rows, "encode_row", encoded)
+        with pytest.raises(UserError, match=r"\(split train, row 7\): empty assistant message"):
+            encode_data(args, load_tokenizer(args.model_name), ViewConfig(predictors=1), {})
     bad_rows: dict = {}
     args = parse_args([str(f) for f in ["--dataset_name", tmp_path / "rows.parquet", "--drop_bad_rows", *common[:2]]])
     from llmjepa.commands.config import derive

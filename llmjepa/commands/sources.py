@@ -163,13 +163,15 @@ def row_name(name: str, split: str, k: int) -> str:
     return f"{name} (split {split}, row {k})"
 
 
-def encoded_jsonl(path: str | Path, fmt: DataFormat, tokenizer: Any, cfg: Any, num_proc: int | None) -> "EncodedTable":
+def encoded_jsonl(
+    path: str | Path, fmt: DataFormat, tokenizer: Any, cfg: Any, num_proc: int | None, bad_rows: BadRows
+) -> "EncodedTable":
     """A JSONL file encoded (views/encoded_rows.py), its rows named file:line; cached by the file's bytes."""
     from ..views.encoded_rows import RowReader, encode_table, file_fingerprint, jsonl_table
 
     path = check_jsonl(path)
     reader = RowReader("jsonl", fmt, path=str(path), view_fields=has_view_fields(path))
-    return encode_table(jsonl_table(path), tokenizer, cfg, reader, num_proc, file_fingerprint(path))
+    return encode_table(jsonl_table(path), tokenizer, cfg, reader, num_proc, file_fingerprint(path), bad_rows)
 
 
 def check_jsonl(path: str | Path) -> Path:
@@ -181,15 +183,17 @@ def check_jsonl(path: str | Path) -> Path:
     return path
 
 
-def encoded_split(args: argparse.Namespace, split: str, fmt: DataFormat, tokenizer: Any, cfg: Any) -> "EncodedTable":
+def encoded_split(
+    args: argparse.Namespace, split: str, fmt: DataFormat, tokenizer: Any, cfg: Any, bad_rows: BadRows
+) -> "EncodedTable":
     """One split of --dataset_name encoded (a local JSONL file: by its lines), cached by datasets' fingerprint."""
     from ..views.encoded_rows import RowReader, encode_table
 
     name, jsonl = args.dataset_name, jsonl_dataset(args.dataset_name, split)
     if jsonl is not None:
-        return encoded_jsonl(jsonl, fmt, tokenizer, cfg, args.dataset_num_proc)
+        return encoded_jsonl(jsonl, fmt, tokenizer, cfg, args.dataset_num_proc, bad_rows)
     reader = RowReader("rows", fmt, name=split_label(name, split), where=partial(row_name, name, split))
-    return encode_table(open_split(args, split), tokenizer, cfg, reader, args.dataset_num_proc)
+    return encode_table(open_split(args, split), tokenizer, cfg, reader, args.dataset_num_proc, bad_rows=bad_rows)
 
 
 def jsonl_dataset(name: str, split: str) -> Path | None:
@@ -255,29 +259,27 @@ def encode_data(
             check_jsonl(given)  # every file there before any is encoded
     fmt = data_format_of(args)
     collect = lambda source: bad_rows.setdefault(source, BadRows(drop=args.drop_bad_rows))  # noqa: E731
-    examples = lambda table, label: table.good_rows(collect(label), label)  # noqa: E731
+
+    def jsonl_part(path: str) -> EncodedPart:
+        table = encoded_jsonl(path, fmt, tokenizer, cfg, args.dataset_num_proc, collect(path))
+        return EncodedPart(path, table, table.good_rows(str(Path(path))))
+
+    def split_part(split: str) -> EncodedPart:
+        label = split_label(args.dataset_name, split)
+        table = encoded_split(args, split, fmt, tokenizer, cfg, collect(label))
+        return EncodedPart(args.dataset_name, table, table.good_rows(label))
+
     train = held = None
     if args.dataset_name:
-        name, split = args.dataset_name, args.dataset_split
-        if not args.dataset_streaming:
-            table = encoded_split(args, split, fmt, tokenizer, cfg)
-            train = EncodedPart(name, table, examples(table, split_label(name, split)))
-        if args.dataset_eval_split:
-            table = encoded_split(args, args.dataset_eval_split, fmt, tokenizer, cfg)
-            held = EncodedPart(name, table, examples(table, split_label(name, args.dataset_eval_split)))
-    elif args.data_file:
-        table = encoded_jsonl(args.data_file, fmt, tokenizer, cfg, args.dataset_num_proc)
-        train = EncodedPart(args.data_file, table, examples(table, args.data_file))
+        train = None if args.dataset_streaming else split_part(args.dataset_split)
+        held = split_part(args.dataset_eval_split) if args.dataset_eval_split else None
     else:
-        source = args.train_file or str(demo_data_path("train"))
-        table = encoded_jsonl(source, fmt, tokenizer, cfg, args.dataset_num_proc)
-        train = EncodedPart(source, table, examples(table, source))
+        train = jsonl_part(args.data_file or args.train_file or str(demo_data_path("train")))
     if train is not None and args.eval_split and (args.data_file or args.dataset_name) and not held:
         kept, held_rows = split_rows(train.rows, args.eval_split, args.split_seed)
         train, held = EncodedPart(train.source, train.table, kept), EncodedPart(train.source, train.table, held_rows)
     if args.eval_file:
-        table = encoded_jsonl(args.eval_file, fmt, tokenizer, cfg, args.dataset_num_proc)
-        held = EncodedPart(args.eval_file, table, examples(table, args.eval_file))
+        held = jsonl_part(args.eval_file)
     return train, held
 
 

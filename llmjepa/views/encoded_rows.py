@@ -5,6 +5,8 @@ reason it is not: a bad row (its kind and message, views/formats.py), a prompt t
 counted), or an error that refuses the run (a UserError's line). Nothing is raised inside `map`, so every process
 encodes its shard whole and the main process then reports, in row order, exactly what encode_all over a list
 would have: the first bad row (or the bad rows counted, with drop), the first refused row, the report's counts.
+Bad rows are found first by a cheaper pass (`take_bad_rows`: rows read and recognised, not tokenized), so that
+one stops the run before the encoding's minutes.
 
 `EncodedRows` is the map-style dataset the Trainer's data loader indexes: row i is read from the Arrow table and
 made into an `Encoded` when the collator's batch asks for it; the examples are never all in Python objects.
@@ -231,16 +233,20 @@ def encode_table(
     reader: RowReader,
     num_proc: int | None = None,
     source_fingerprint: str | None = None,
+    bad_rows: BadRows | None = None,
 ) -> "EncodedTable":
     """The raw table encoded by datasets.map (batched; num_proc processes), read from the cache where this
     source, tokenizer and every option were encoded before. source_fingerprint: the source's own (default: the
-    table's, where it is backed by files; an in-memory table is not cached)."""
+    table's, where it is backed by files; an in-memory table is not cached). bad_rows: takes the bad rows, found by a
+    check pass before the encoding (the first raised unless it drops)."""
     import datasets
+
+    bad_rows = BadRows() if bad_rows is None else bad_rows
 
     if not len(table):  # map gives an empty table no columns
         features = encoded_features()
         empty = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-        return EncodedTable(empty, table, reader, cfg.max_length)
+        return EncodedTable(empty, table, reader, cfg.max_length, bad_rows)
     if source_fingerprint is None and table.cache_files:
         source_fingerprint = table._fingerprint  # datasets' fingerprint of a loaded (file-backed) dataset
     key = encoding_key(source_fingerprint, tokenizer, cfg, reader) if source_fingerprint else None
@@ -252,6 +258,7 @@ def encode_table(
     if procs:  # the forked processes' garbage collector then never writes to (so never copies) the parent's objects
         gc.freeze()
     try:
+        take_bad_rows(table, reader, bad_rows, key, procs)
         encoded = table.map(
             encode_batch,
             with_indices=True,
@@ -272,7 +279,50 @@ def encode_table(
             gc.unfreeze()
         if quiet and bars:
             datasets.enable_progress_bars()
-    return EncodedTable(encoded, table, reader, cfg.max_length)
+    return EncodedTable(encoded, table, reader, cfg.max_length, bad_rows)
+
+
+def take_bad_rows(table: Any, reader: RowReader, bad_rows: BadRows, key: str | None, procs: int | None) -> None:
+    """The check pass: every row read and checked, without tokenizing (seconds where the encoding takes minutes),
+    and the bad ones taken in row order, so that the first bad row stops the run before the encoding starts."""
+    import datasets
+
+    path = cache_file(f"{key}-checked" if key else None)
+    checked = table.map(
+        check_batch,
+        with_indices=True,
+        batched=True,
+        batch_size=1000,
+        remove_columns=table.column_names,
+        features=datasets.Features(
+            {"bad": datasets.Value("bool"), **{c: datasets.Value("string") for c in ("kind", "message", "where")}}
+        ),
+        fn_kwargs={"reader": reader},
+        num_proc=procs,
+        cache_file_name=path,
+        load_from_cache_file=path is not None,
+        keep_in_memory=path is None,
+        new_fingerprint=f"{key}-checked" if key else None,
+        desc="llmjepa: checking rows",
+    )
+    for row in np.flatnonzero(checked.data.column("bad").to_numpy(zero_copy_only=False)).tolist():
+        fault = checked[row]
+        bad_rows.take(BadRow(fault["where"], fault["kind"], fault["message"]))
+
+
+def check_batch(batch: dict, indices: list[int], reader: RowReader) -> dict:
+    """datasets.map's batched function of the check pass: whether each row is bad, and how."""
+    out: dict[str, list] = {"bad": [], "kind": [], "message": [], "where": []}
+    columns = list(batch)
+    for i, k in enumerate(indices):
+        try:
+            reader.example({c: batch[c][i] for c in columns}, k)
+            fault = (False, "", "", "")
+        except BadRow as e:
+            fault = (True, e.kind, e.message, e.where)
+        for values, value in zip(out.values(), fault):
+            values.append(value)
+    return out
 
 
 @dataclass
@@ -283,6 +333,7 @@ class EncodedTable:
     raw: Any  # datasets.Dataset: the source's rows
     reader: RowReader
     max_length: int
+    bad_rows: BadRows  # the check pass's (encode_table)
 
     def __post_init__(self) -> None:
         self.status = self.table.data.column("status").to_numpy(zero_copy_only=False)
@@ -290,14 +341,11 @@ class EncodedTable:
     def example(self, row: int) -> Example:
         return self.reader.example(self.raw[row], row)
 
-    def good_rows(self, bad_rows: BadRows, name: str) -> np.ndarray:
-        """The rows that are examples (bad rows taken by bad_rows in order: the first raised, unless it drops)."""
-        for row in np.flatnonzero(self.status == BAD).tolist():
-            kind, message, where = (self.table[row][c] for c in ("kind", "message", "source"))
-            bad_rows.take(BadRow(where, kind, message))
+    def good_rows(self, name: str) -> np.ndarray:
+        """The rows that are examples (the bad ones were taken by the check pass, encode_table)."""
         good = np.flatnonzero(self.status != BAD)
         if not len(good):
-            raise UserError(f"{name}: no examples" + dropped_note(bad_rows))
+            raise UserError(f"{name}: no examples" + dropped_note(self.bad_rows))
         return good
 
     def encoded(self, rows: np.ndarray) -> tuple["EncodedRows", EncodeReport]:
@@ -386,4 +434,4 @@ def encode_dataset(
     else:
         table, reader = records_table(list(rows)), RowReader("json", fmt, name=name)
     encoded = encode_table(table, tokenizer, cfg, reader, num_proc)
-    return encoded.encoded(encoded.good_rows(BadRows(), name))
+    return encoded.encoded(encoded.good_rows(name))
