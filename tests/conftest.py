@@ -1,7 +1,16 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
+
+# datasets' cache, where llmjepa-train writes its encoded sets (views/encoded_rows.py), in a folder of this session's
+# own, removed at its end: runs never read another session's encodings, nor fill the user's cache (set before
+# datasets is imported, which reads it then; subprocesses inherit it).
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="llmjepa-tests-datasets-")
+atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 # Triton runs on CPU only through its interpreter, which it reads when triton is first imported.
 if not torch.cuda.is_available():

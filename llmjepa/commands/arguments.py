@@ -333,6 +333,16 @@ class DatasetArguments:
         default=False,
         metadata={"help": "drop rows no format accepts and count them by kind (default: the first one is refused)"},
     )
+    dataset_num_proc: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "processes that encode the data (datasets.map, batched); the encoded set is cached by the source's "
+                "fingerprint, the tokenizer and the options, so a second run on the same data starts in seconds "
+                "(docs/views.md, Encoding; default: one process)"
+            )
+        },
+    )
     dataset_streaming: bool = field(
         default=False,
         metadata={

@@ -19,12 +19,22 @@ from ..model import ModelSpec, load_model, load_tokenizer
 from ..training.callbacks import StopOnSignal, add_profiled_flops
 from ..training.checkpoints import complete_checkpoints
 from ..training.trainer import JepaTrainer, LossConfig
+from ..views.encoded_rows import EncodedRows
 from ..views.encoding import Encoded, ViewConfig, encode_all
 from ..views.examples import load_examples, split_examples
+from ..views.streaming import EncodedStream
 from .config import Mode, derive, mode_of
 from .file_checks import check_checkpoint
 from .plots import plot_curves
-from .run_folder import RunFolder, choose_checkpoint, open_run_folder, record_changes_in_metrics, write_record
+from .run_folder import (
+    RunFolder,
+    choose_checkpoint,
+    open_run_folder,
+    record_changes_in_metrics,
+    record_stream_counts,
+    write_record,
+)
+from .sources import EncodedPart, encode_data
 
 
 def view_config(args: argparse.Namespace) -> ViewConfig:
@@ -86,34 +96,54 @@ def load_data(args: argparse.Namespace, bad_rows: dict | None = None) -> tuple[l
         train, held = load_examples(source, fmt=fmt, bad_rows=collector(source)), []
     if args.eval_file:
         held = load_examples(args.eval_file, fmt=fmt, bad_rows=collector(args.eval_file))
+    warn_bad_rows(bad_rows)
+    return train, held, source
+
+
+def warn_bad_rows(bad_rows: dict) -> None:
+    """--drop_bad_rows: one warning line a source, with the counts by kind."""
     for name, rows in bad_rows.items():
         line = rows.line(name)
         if line and is_main_process():
             print(f"llmjepa-train: warning: {line}")
-    return train, held, source
 
 
 def encode_split(
     examples: list, tokenizer, cfg: ViewConfig, source: str, dropped: dict[str, int] | None = None
 ) -> list[Encoded]:
-    """Tokenize once; the report's lines as warnings; examples dropped (prompt over --max_length) counted
-    into `dropped` by source."""
+    """Tokenize a list of examples once (parity's and the benchmarks' path; a run encodes with datasets.map,
+    encode_part); the report's lines as warnings; examples dropped (prompt over --max_length) counted into
+    `dropped` by source."""
     encoded, report = encode_all(examples, tokenizer, cfg)
+    answers = [examples[enc.index].assistant for enc in encoded if enc.fallback]
+    warn_encoding(report, source, cfg, answers, dropped)
+    return encoded
+
+
+def encode_part(part: EncodedPart, cfg: ViewConfig, dropped: dict[str, int]) -> EncodedRows:
+    """A run's train or held-out examples from their encoded table (commands/sources.py encode_data), with the
+    report's lines as warnings and the prompts dropped counted into `dropped` by source."""
+    encoded, report = part.table.encoded(part.rows)
+    answers = [encoded.example(i).assistant for i in encoded.flagged("fallback")] if report.fallback else []
+    warn_encoding(report, part.source, cfg, answers, dropped)
+    return encoded
+
+
+def warn_encoding(report, source: str, cfg: ViewConfig, fallback_answers: list[str], dropped: dict | None) -> None:
     if dropped is not None and report.dropped:
         dropped[source] = report.dropped
-    hint = separator_hint(examples, encoded, cfg.step_separator)
+    hint = separator_hint(fallback_answers, cfg.step_separator)
     for line in report.lines(source, cfg.max_length, cfg.num_prediction_steps) if is_main_process() else []:
         print(f"llmjepa-train: warning: {line}" + (f"; {hint}" if hint and "no step separator" in line else ""))
-    return encoded
 
 
 SEPARATOR_CANDIDATES = ("\n\n", "\n", ". ", "; ")  # what ends a reasoning step in common data (gsm8k: "\n")
 
 
-def separator_hint(examples: list, encoded: list[Encoded], separator: str) -> str | None:
+def separator_hint(fallback_answers: list[str], separator: str) -> str | None:
     """For the step-separator fallback warning: which candidate separators the fallen-back answers do
     contain, and the flag that would use one."""
-    answers = [examples[enc.index].assistant.strip() for enc in encoded if getattr(enc, "fallback", False)]
+    answers = [answer.strip() for answer in fallback_answers]
     if not answers:
         return None
     counts = [(sep, sum(sep in a for a in answers)) for sep in SEPARATOR_CANDIDATES if sep != separator]
@@ -290,17 +320,19 @@ def build_run(args: argparse.Namespace) -> Run:
     cfg = derived.view
     bad_rows: dict = {}
     dropped: dict[str, int] = {}
-    if getattr(args, "dataset_streaming", False):  # tokenized as training draws it (commands/sources.py)
+    train_part, held_part = encode_data(args, tokenizer, cfg, bad_rows)  # datasets.map, cached (sources.py)
+    warn_bad_rows(bad_rows)
+    if train_part is None:  # --dataset_streaming: tokenized as training draws it (commands/sources.py)
         from .sources import stream_train_set
 
-        train_set, eval_examples = stream_train_set(args, tokenizer, cfg)
+        train_set = stream_train_set(args, tokenizer, cfg)
         source, n_train = args.dataset_name, args.batch_size * args.grad_accum * args.max_train_steps
     else:
-        train_examples, eval_examples, source = load_data(args, bad_rows)
-        train_set = encode_split(train_examples, tokenizer, cfg, source, dropped)
+        train_set = encode_part(train_part, cfg, dropped)
+        source, n_train = train_part.source, len(train_set)
         check_enough(train_set, args.batch_size, source)
-        n_train = len(train_set)
-    eval_set = encode_split(eval_examples, tokenizer, cfg, args.eval_file or source, dropped) if eval_examples else None
+    eval_set = encode_part(held_part, cfg, dropped) if held_part is not None else None
+    eval_examples = [eval_set.example(i) for i in range(len(eval_set))] if eval_set and args.eval_accuracy else []
     metrics_path = Path(args.output_dir) / "metrics.jsonl"
     trainer = JepaTrainer(
         model=load_model_from_args(args, tokenizer, dtype),
@@ -365,6 +397,8 @@ def train_in_folder(args: argparse.Namespace, argv: list[str] | None, folder: Ru
         raise save_failed(args, argv, e) from None
     finally:
         stop.uninstall()
+    if isinstance(run.trainer.train_dataset, EncodedStream):  # a stream's drops are known as it is drawn
+        record_stream_counts(folder, run.trainer.train_dataset, args.dataset_name, run.trainer.is_world_process_zero())
     if stop.stopped_at is not None and stop.stopped_at < run.trainer.state.max_steps:
         raise stopped_by_signal(args, stop, argv)
     if run.trainer.is_world_process_zero():

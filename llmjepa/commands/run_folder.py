@@ -337,11 +337,38 @@ def write_record(folder: RunFolder, steps: int | None = None) -> None:
             "host": socket.gethostname(),
         }
     )
-    record = {"identity": folder.identity, "sessions": sessions}
     Path(folder.output_dir).mkdir(parents=True, exist_ok=True)
+    write_atomically(path, {"identity": folder.identity, "sessions": sessions})
+
+
+def write_atomically(path: Path, record: dict) -> None:
+    """run.json written whole or not at all (a temporary file renamed over it)."""
     temp = path.with_name(path.name + ".tmp")
     temp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(temp, path)
+
+
+def record_stream_counts(folder: RunFolder, stream: Any, source: str, main: bool) -> None:
+    """A streamed run's bad rows and dropped prompts, counted as training drew them: one warning line each, and
+    into this session of run.json as a run over a whole dataset records them before training."""
+    bad_rows, report = stream.counts()
+    if bad_rows.total:
+        folder.bad_rows = {**folder.bad_rows, source: dict(bad_rows.counts)}
+    if report.dropped:
+        folder.dropped = {**folder.dropped, source: report.dropped}
+    if not main:
+        return
+    line = bad_rows.line(source)
+    if line:
+        print(f"llmjepa-train: warning: {line}")
+    if report.dropped:
+        print(
+            f"llmjepa-train: warning: {source}: {report.dropped} examples dropped: the prompt alone fills --max_length"
+        )
+    path = Path(folder.output_dir) / RECORD_NAME
+    record = json.loads(path.read_text())
+    record["sessions"][-1].update(dropped_long_prompts=folder.dropped, dropped_bad_rows=folder.bad_rows)
+    write_atomically(path, record)
 
 
 def record_changes_in_metrics(metrics_path: Path, folder: RunFolder, step: int) -> None:

@@ -163,6 +163,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         ("debug", args.debug >= 0, ">= 0"),
         ("dataloader_num_workers", args.dataloader_num_workers is None or args.dataloader_num_workers >= 0, ">= 0"),
         ("lora_rank", args.lora_rank >= 1, ">= 1"),
+        ("dataset_num_proc", args.dataset_num_proc is None or args.dataset_num_proc >= 1, ">= 1"),
         ("last_token", args.last_token <= -1, "<= -1 (an index from the end)"),
         ("finetune_seed", SEED_RANGE[0] <= args.finetune_seed <= SEED_RANGE[1], f"in {SEED_RANGE[0]}..2**32-1"),
         ("split_seed", SEED_RANGE[0] <= args.split_seed <= SEED_RANGE[1], f"in {SEED_RANGE[0]}..2**32-1"),
@@ -332,6 +333,22 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
+def probe_dataset_name(argv: list[str]) -> None:
+    """--dataset_name as the command line spells it, checked before the flags' parser is built: building it
+    imports transformers and torch (seconds), and an unreachable Hub id should fail at once. check_args checks
+    it again after parsing (a --config file may name it)."""
+    if any(arg in ("-h", "--help") for arg in argv):
+        return
+    from .sources import check_dataset_name
+
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[1] if arg.startswith("--dataset_name=") else None
+        if arg == "--dataset_name" and i + 1 < len(argv):
+            name = argv[i + 1]
+        if name:
+            check_dataset_name(name, hub_unreachable)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from .hf_args import parse_with_config  # --config FILE.yaml; TrainingArguments fields -> args.training_overrides
 
@@ -343,6 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        probe_dataset_name(argv)  # a Hub id that does not answer: one line in a second, before transformers loads
         args = parse_args(argv)
         from .run import train
 

@@ -45,6 +45,7 @@ class RunOptions:
     kernel_check: str = "auto"  # run_fast's self-check of the backend on CUDA: auto | strict | off
     linear_predictor_from: str | None = None  # --load_lp: the model directory whose linear predictor to load
     data_format: Any = None  # views.formats.DataFormat: column names, system prompt, formatting function
+    dataset_num_proc: int | None = None  # processes that encode the datasets (datasets.map; None: one)
 
 
 @dataclass
@@ -58,10 +59,11 @@ class Decided:
 
 
 def is_encoded(dataset: Any) -> bool:
-    """Already tokenized by encode_all (the CLI path, or a user who did it), or absent."""
+    """Already tokenized (by llmjepa-train, encode_dataset or encode_all), or absent."""
+    from ..views.encoded_rows import EncodedRows
     from ..views.streaming import EncodedStream
 
-    if isinstance(dataset, EncodedStream):
+    if isinstance(dataset, (EncodedStream, EncodedRows)):
         return True
     return dataset is None or (isinstance(dataset, list) and all(isinstance(e, Encoded) for e in dataset))
 
@@ -161,22 +163,22 @@ def make_collator(
     )
 
 
-def tokenize_datasets(kwargs: dict[str, Any], tokenizer: Any, cfg: ViewConfig, data_format: Any = None) -> None:
+def tokenize_datasets(kwargs: dict[str, Any], tokenizer: Any, cfg: ViewConfig, options: RunOptions) -> None:
     """Datasets of rows in any format views/formats.py recognises (a list, a datasets.Dataset, a DatasetDict's
-    split), checked and tokenized once (a bad row: one line naming it)."""
-    from ..views.encoding import encode_all
-    from ..views.examples import examples_from_records
+    split), checked and tokenized once with datasets.map into Arrow (views/encoded_rows.py; a bad row: one line
+    naming it)."""
+    from ..views.encoded_rows import encode_dataset
     from ..views.formats import DEFAULT_FORMAT, dataset_split
     from ..views.streaming import EncodedStream, is_stream
 
+    fmt = options.data_format or DEFAULT_FORMAT
     for name in DATASETS:
         if not is_encoded(kwargs.get(name)):
             rows, label = dataset_split(kwargs[name], name)
             if is_stream(rows):  # an IterableDataset: tokenized as the data loader draws it (max_steps needed)
-                kwargs[name] = EncodedStream(rows, tokenizer, cfg, data_format or DEFAULT_FORMAT, name=label)
+                kwargs[name] = EncodedStream(rows, tokenizer, cfg, fmt, name=label)
                 continue
-            examples = examples_from_records(rows, label, data_format or DEFAULT_FORMAT)
-            encoded, report = encode_all(examples, tokenizer, cfg)
+            encoded, report = encode_dataset(rows, tokenizer, cfg, fmt, label, options.dataset_num_proc)
             for line in report.lines(name, cfg.max_length, cfg.num_prediction_steps):
                 logger.warning("llmjepa: %s", line)
             kwargs[name] = encoded
@@ -229,7 +231,7 @@ def decide(
         model = kwargs["model"] = get_peft_model(model, peft_config)
         if getattr(kwargs.get("args"), "gradient_checkpointing", False):
             model.enable_input_require_grads()  # checkpointed LoRA layers need inputs that require grad
-    tokenize_datasets(kwargs, tokenizer, cfg, options.data_format)
+    tokenize_datasets(kwargs, tokenizer, cfg, options)
     stream_without_dispatch(kwargs)
     if kwargs.get("data_collator") is None:
         kwargs["data_collator"] = make_collator(

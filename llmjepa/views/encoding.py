@@ -233,13 +233,13 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, text: str, cfg: ViewConfig) -> 
 
 
 def end_of_turn_index(
-    tokenizer: PreTrainedTokenizerBase, text: str, prompt_text: str, answer: str, cfg: ViewConfig
+    tokenizer: PreTrainedTokenizerBase, text: str, prompt_text: str, answer: str, cfg: ViewConfig, enc: Any = None
 ) -> int:
     """Index of the first token after the answer's content (its end-of-turn token).
 
     Templates such as Qwen's and Gemma's put text after it ("\n"); Step-JEPA ends the answer's
-    span, and its labels, at the end-of-turn token."""
-    enc = tokenizer(text, add_special_tokens=cfg.plain, return_offsets_mapping=True)
+    span, and its labels, at the end-of-turn token. enc: the text already tokenized with its offsets."""
+    enc = enc if enc is not None else tokenizer(text, add_special_tokens=cfg.plain, return_offsets_mapping=True)
     n = len(enc["input_ids"])
     content = answer.strip()
     start = text.find(content, len(prompt_text))
@@ -417,7 +417,9 @@ def encode(
     prompt_text = render(tokenizer, messages[:-1], cfg, generation_prompt=True)
     if pretraining(cfg):
         full_text, prompt_text = example.user + EOT, ""
-    full, prompt = tokenize(tokenizer, full_text, cfg), tokenize(tokenizer, prompt_text, cfg)
+    offsets = tokenizer.is_fast  # the full text tokenized once: its ids here, its offsets for the answer's end
+    full_enc = tokenizer(full_text, add_special_tokens=cfg.plain, return_offsets_mapping=offsets)
+    full, prompt = full_enc["input_ids"], tokenize(tokenizer, prompt_text, cfg)
     if full[: len(prompt)] != prompt:
         raise UserError(
             f"{example.source}: the chat template does not render the prompt as a prefix of the "
@@ -431,7 +433,8 @@ def encode(
         return None
     report.examples += 1
     enc = Encoded(index=index, source=example.source, input_ids=full, labels=[], assistant_start=len(prompt))
-    enc.assistant_end = end_of_turn_index(tokenizer, full_text, prompt_text, messages[-1]["content"], cfg)
+    answer = messages[-1]["content"]
+    enc.assistant_end = end_of_turn_index(tokenizer, full_text, prompt_text, answer, cfg, full_enc if offsets else None)
     if len(full) > cfg.max_length:
         enc.input_ids, enc.truncated = full[: cfg.max_length], True
         enc.assistant_end = min(enc.assistant_end, cfg.max_length - 1)

@@ -3,12 +3,14 @@ read, checked and tokenized as the Trainer's data loader draws them, never all a
 
 Each row goes through the same recognition (views/formats.py) and encoding (views/encoding.py) as a row of a
 list does; a bad row stops the run with its one line when it is reached (or, with drop_bad_rows, is counted
-and skipped: the counts are on the stream, `bad_rows`), so a stream is not checked before training as a list
-is. Rows come in the source's order (no shuffle); with data-loader workers each takes every n-th row.
+and skipped: `counts()` gives them, data-loader workers' included), so a stream is not checked before training
+as a list is. Rows come in the source's order (no shuffle); with data-loader workers each takes every n-th row.
 """
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 import torch
@@ -42,10 +44,35 @@ class EncodedStream(torch.utils.data.IterableDataset):
         where: Callable[[int], str] | None = None,
         name: str = "train_dataset",
     ) -> None:
-        self.rows, self.tokenizer, self.cfg, self.fmt = rows, tokenizer, cfg, fmt
-        self.where = where or (lambda k: f"{name}[{k}]")
-        self.bad_rows = BadRows(drop=drop_bad_rows)
+        self.rows, self.tokenizer, self.cfg, self.fmt, self.drop = rows, tokenizer, cfg, fmt, drop_bad_rows
+        self.where = where or partial(indexed_name, name)
+        self.restart_counts()
+
+    def restart_counts(self) -> None:
+        """Count bad rows and dropped prompts from here on (llmjepa-train reads the first example before training).
+        Data-loader workers send what they drop through a queue; `counts` gathers it in the training process."""
+        self.bad_rows = BadRows(drop=self.drop)
         self.report = EncodeReport()
+        self.counted: set[str] = set()  # the rows dropped so far, by name
+        self.dropped_queue = multiprocessing.get_context().SimpleQueue()
+
+    def counts(self) -> tuple[BadRows, EncodeReport]:
+        """The bad rows dropped (by kind) and the prompts dropped (report.dropped) so far, the workers' included."""
+        while not self.dropped_queue.empty():
+            kind, where, message = self.dropped_queue.get()
+            self.count(kind, where, message)
+        return self.bad_rows, self.report
+
+    def count(self, kind: str, where: str, message: str) -> None:
+        """One dropped row, counted once however many passes meet it (as a whole dataset's rows are)."""
+        if where in self.counted:
+            return
+        self.counted.add(where)
+        if kind == LONG_PROMPT:
+            self.report.dropped += 1
+            self.report.dropped_sources.append(where)
+        else:
+            self.bad_rows.take(BadRow(where, kind, message))
 
     def set_epoch(self, epoch: int) -> None:  # the Trainer calls it each epoch; a datasets stream reshuffles by it
         if hasattr(self.rows, "set_epoch"):
@@ -60,12 +87,29 @@ class EncodedStream(torch.utils.data.IterableDataset):
             try:
                 example = parse_object(row, self.where(k), None, self.fmt)
             except BadRow as e:
-                self.bad_rows.take(e)  # raises unless drop_bad_rows
+                if not self.drop:
+                    raise
                 logger.warning("llmjepa: bad row dropped: %s", e)  # a stream is counted as it goes: each one said
+                self.dropped(info, (e.kind, e.where, e.message))
                 continue
-            encoded = encode(example, k, self.tokenizer, self.cfg, self.report)
+            encoded = encode(example, k, self.tokenizer, self.cfg, EncodeReport())  # drops counted once, below
             if encoded is None:
                 length = self.cfg.max_length
                 logger.warning("llmjepa: %s dropped: the prompt alone fills max_length %d", example.source, length)
+                self.dropped(info, (LONG_PROMPT, example.source, ""))
                 continue
             yield encoded
+
+    def dropped(self, worker: Any, event: tuple[str, str, str]) -> None:
+        """A dropped row counted here, or sent to the training process from a data-loader worker."""
+        if worker is not None:
+            self.dropped_queue.put(event)
+        else:
+            self.count(*event)
+
+
+LONG_PROMPT = "long prompt"  # a dropped row's kind where its prompt alone fills max_length
+
+
+def indexed_name(name: str, k: int) -> str:
+    return f"{name}[{k}]"
