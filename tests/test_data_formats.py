@@ -370,6 +370,20 @@ def test_streaming_trains_its_steps_and_needs_max_train_steps(
     assert session["dropped_bad_rows"] == {source: {"empty assistant": 1}}
 
 
+def test_streaming_counts_truncated_examples_once_each(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A stream's examples longer than --max_length are truncated and counted in a warning line, as a whole
+    dataset's are: each row once, though 4 steps of 2 draw the 5 rows twice over."""
+    pairs = [{"prompt": f"What is {k} + 1?", "completion": f"{k + 1}"} for k in range(5)]
+    for k in (0, 3):
+        pairs[k]["completion"] = " ".join(f"{k + 1}" for _ in range(60))  # far past --max_length 48
+    datasets.Dataset.from_list(pairs).to_parquet(str(tmp_path / "pc.parquet"))
+    argv = ["--dataset_name", tmp_path / "pc.parquet", "--dataset_streaming", "--max_length", "48", *TRAIN[:4]]
+    rc, out, err = run_cli(capsys, *argv, "--max_train_steps", "4", "--output_dir", tmp_path / "run")
+    assert rc == 0, err
+    source = str(tmp_path / "pc.parquet")
+    assert f"llmjepa-train: warning: {source}: 2 streamed examples longer than --max_length, truncated" in out, out
+
+
 def test_library_takes_an_iterable_dataset(tmp_path: Path) -> None:
     from transformers import TrainingArguments
 

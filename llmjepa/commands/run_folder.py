@@ -350,7 +350,8 @@ def write_atomically(path: Path, record: dict) -> None:
 
 def record_stream_counts(folder: RunFolder, stream: Any, source: str, main: bool) -> None:
     """A streamed run's bad rows and dropped prompts, counted as training drew them: one warning line each, and
-    into this session of run.json as a run over a whole dataset records them before training."""
+    into this session of run.json as a run over a whole dataset records them before training; the examples
+    truncated (or with fewer step separators) in a warning line each, as a whole dataset's are before training."""
     bad_rows, report = stream.counts()
     if bad_rows.total:
         folder.bad_rows = {**folder.bad_rows, source: dict(bad_rows.counts)}
@@ -365,6 +366,13 @@ def record_stream_counts(folder: RunFolder, stream: Any, source: str, main: bool
         print(
             f"llmjepa-train: warning: {source}: {report.dropped} examples dropped: the prompt alone fills --max_length"
         )
+    for count, what in (
+        (report.truncated, "longer than --max_length, truncated"),
+        (report.fewer_steps, "with fewer step separators than --num_prediction_steps (fewer pairs)"),
+        (report.fallback, "with no step separator (the answer split at its middle)"),
+    ):
+        if count:
+            print(f"llmjepa-train: warning: {source}: {count} streamed examples {what}")
     path = Path(folder.output_dir) / RECORD_NAME
     record = json.loads(path.read_text())
     record["sessions"][-1].update(dropped_long_prompts=folder.dropped, dropped_bad_rows=folder.bad_rows)

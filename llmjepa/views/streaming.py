@@ -49,28 +49,33 @@ class EncodedStream(torch.utils.data.IterableDataset):
         self.restart_counts()
 
     def restart_counts(self) -> None:
-        """Count bad rows and dropped prompts from here on (llmjepa-train reads the first example before training).
-        Data-loader workers send what they drop through a queue; `counts` gathers it in the training process."""
+        """Count bad rows, dropped prompts and truncated or short examples from here on (llmjepa-train reads the
+        first example before training). Data-loader workers send theirs through a queue; `counts` gathers them
+        in the training process."""
         self.bad_rows = BadRows(drop=self.drop)
         self.report = EncodeReport()
-        self.counted: set[str] = set()  # the rows dropped so far, by name
+        self.counted: set[tuple[str, str]] = set()  # (kind, row name) counted so far: each row once per kind
         self.dropped_queue = multiprocessing.get_context().SimpleQueue()
 
     def counts(self) -> tuple[BadRows, EncodeReport]:
-        """The bad rows dropped (by kind) and the prompts dropped (report.dropped) so far, the workers' included."""
+        """The bad rows dropped (by kind), the prompts dropped (report.dropped) and the examples truncated or
+        with fewer steps (report.truncated, fewer_steps, fallback; report.examples stays 0: a stream's size is
+        unknown) so far, the workers' included."""
         while not self.dropped_queue.empty():
             kind, where, message = self.dropped_queue.get()
             self.count(kind, where, message)
         return self.bad_rows, self.report
 
     def count(self, kind: str, where: str, message: str) -> None:
-        """One dropped row, counted once however many passes meet it (as a whole dataset's rows are)."""
-        if where in self.counted:
+        """One row dropped or noted, counted once however many passes meet it (as a whole dataset's rows are)."""
+        if (kind, where) in self.counted:
             return
-        self.counted.add(where)
+        self.counted.add((kind, where))
         if kind == LONG_PROMPT:
             self.report.dropped += 1
             self.report.dropped_sources.append(where)
+        elif kind in NOTED:
+            setattr(self.report, NOTED[kind], getattr(self.report, NOTED[kind]) + 1)
         else:
             self.bad_rows.take(BadRow(where, kind, message))
 
@@ -90,18 +95,22 @@ class EncodedStream(torch.utils.data.IterableDataset):
                 if not self.drop:
                     raise
                 logger.warning("llmjepa: bad row dropped: %s", e)  # a stream is counted as it goes: each one said
-                self.dropped(info, (e.kind, e.where, e.message))
+                self.tell(info, (e.kind, e.where, e.message))
                 continue
-            encoded = encode(example, k, self.tokenizer, self.cfg, EncodeReport())  # drops counted once, below
+            report = EncodeReport()  # this row's: counted once below, however many passes meet it
+            encoded = encode(example, k, self.tokenizer, self.cfg, report)
             if encoded is None:
                 length = self.cfg.max_length
                 logger.warning("llmjepa: %s dropped: the prompt alone fills max_length %d", example.source, length)
-                self.dropped(info, (LONG_PROMPT, example.source, ""))
+                self.tell(info, (LONG_PROMPT, example.source, ""))
                 continue
+            for kind, field in NOTED.items():
+                if getattr(report, field):
+                    self.tell(info, (kind, example.source, ""))
             yield encoded
 
-    def dropped(self, worker: Any, event: tuple[str, str, str]) -> None:
-        """A dropped row counted here, or sent to the training process from a data-loader worker."""
+    def tell(self, worker: Any, event: tuple[str, str, str]) -> None:
+        """A row dropped or noted, counted here, or sent to the training process from a data-loader worker."""
         if worker is not None:
             self.dropped_queue.put(event)
         else:
@@ -109,6 +118,8 @@ class EncodedStream(torch.utils.data.IterableDataset):
 
 
 LONG_PROMPT = "long prompt"  # a dropped row's kind where its prompt alone fills max_length
+# rows kept but noted, as EncodeReport counts them for a whole dataset: the kind and the report's field
+NOTED = {"truncated": "truncated", "fewer steps": "fewer_steps", "no separator": "fallback"}
 
 
 def indexed_name(name: str, k: int) -> str:
