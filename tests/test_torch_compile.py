@@ -204,6 +204,22 @@ def test_flex_forward_compiles_without_break(setup) -> None:
         assert torch.isfinite(x) and rel(x, ref) < FP32, (float(x), float(ref), NOTE)
 
 
+def test_hooks_installed_ahead_give_one_hidden_state_per_layer(setup) -> None:
+    """run_fast installs the capture hooks on the decoder, as its own first call would: one hidden state per
+    layer plus the embeddings (hooks on the causal-LM wrapper too recorded each layer twice, and
+    --jepa_layer -2 read another state: caught by test_fork_extras)."""
+    _, encoded, predictor_ids = setup
+    tokenizer = load_tokenizer(DEFAULT_MODEL_NAME)
+    model = load_model(ModelSpec(DEFAULT_MODEL_NAME, dtype="float32", seed=SEED % 1000), tokenizer)
+    model.set_attn_implementation("sdpa")
+    collator = ViewCollator(CFG, predictor_ids, pack=True)
+    with torch.no_grad():  # a forward of its own first (the reference executor's, say): the decoder hooks itself
+        model(input_ids=torch.tensor([encoded[0].input_ids]), output_hidden_states=True)
+        model.set_attn_implementation(hf_attention.ATTENTION_NAME)
+        out = run_fast(model, collator(encoded[:2])["plan"], attention="torch")
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+
+
 # ---- recompiles over microbatches of different lengths -------------------------------------------------
 def test_recompiles_stay_bounded_over_20_microbatches(setup) -> None:
     """run_fast marks the stream's sizes dynamic: one graph for 20 streams of different lengths (without

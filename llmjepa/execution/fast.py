@@ -161,8 +161,11 @@ def install_output_hooks(model: nn.Module) -> None:
     except ImportError:  # a transformers without it: nothing to install ahead
         return
     base = base_model(getattr(model, "_orig_mod", model))  # under torch.compile's wrapper (--torch_compile)
-    if isinstance(base, PreTrainedModel):
-        maybe_install_capturing_hooks(base)
+    # on the decoder (LlamaModel), whose forward collects them, as its own first call would: hooks on the causal-LM
+    # wrapper too would record every layer twice (hidden_states of 2L + 1 entries, [-2] no longer layer L - 1)
+    decoder = getattr(base, "base_model", None)
+    if isinstance(decoder, PreTrainedModel):
+        maybe_install_capturing_hooks(decoder)
 
 
 def mark_dynamic(stream: StreamWithLayout, *views: torch.Tensor) -> None:

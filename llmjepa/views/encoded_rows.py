@@ -385,7 +385,9 @@ class EncodedRows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> Encoded:
+    def __getitem__(self, i: int | slice) -> Encoded | list[Encoded]:
+        if isinstance(i, slice):  # as the list it replaces: trainer.train_dataset[:2]
+            return [self[j] for j in range(*i.indices(len(self)))]
         row = self.source.table[int(self.rows[i])]
         return Encoded(
             index=int(self.indices[i]),
